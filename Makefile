@@ -1,0 +1,53 @@
+# fedasr — the table of contents. `make help` lists the targets.
+# Two commands matter:  `make reproduce` (setup + data + the quick pipeline)  and  `make test`.
+
+SHELL   := /bin/bash
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PROFILE ?= quick
+SEED    ?= 0
+# one BLAS/torch thread per process: on 2 cores two threads under load run ~10x slower (DESIGN §6)
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+# Flower runs without network (DESIGN §4)
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+
+.PHONY: help setup system-deps data summary reproduce test test-all clean-data
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+setup: system-deps $(VENV)/.installed  ## venv with the exact pins + Debian TTS packages (idempotent)
+
+system-deps:  ## install missing Debian packages (root) or print the apt-get line
+	@tools/system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=25"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+	@echo "setup: $(VENV) ready ($$($(PY) -c 'import torch, flwr; print("torch", torch.__version__, "flwr", flwr.__version__)'))"
+
+data: setup data/$(PROFILE)/corpus.json  ## generate the speech corpus (PROFILE=tiny|quick|full)
+
+data/%/corpus.json: fedasr/corpus.py fedasr/data.py
+	$(PY) -m fedasr.corpus --profile $* --out data/$* --seed $(SEED)
+
+summary: data  ## corpus summary → results/data/<profile>_summary.json
+	$(PY) -m fedasr.data summary data/$(PROFILE) --out results/data/$(PROFILE)_summary.json
+
+reproduce: setup data summary  ## the main job: everything from a fresh clone (quick profile, CPU)
+	@echo "reproduce: done — see results/"
+
+test: setup  ## the default test suite (CPU, < 15 min on 2 cores)
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-all: setup  ## every test, including slow end-to-end ones
+	$(PY) -m pytest -m "not gpu" -q
+
+clean-data:  ## remove generated audio (manifests of committed profiles stay in git)
+	rm -rf data/tiny/audio data/quick/audio data/full/audio

@@ -1,0 +1,177 @@
+"""Run directories and self-describing JSON results (``results/<experiment>/<run-id>/``).
+
+Layout of one run (DESIGN.md §4)::
+
+    config.json     resolved config, command line, git commit, package versions, host
+    rounds.jsonl    one JSON object per round/step (appended as the run goes)
+    summary.json    final metrics, written once at the end
+
+JSON is written atomically (temp file + rename) so an interrupted run never leaves a half file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = [
+    "RunDir",
+    "new_run",
+    "write_json",
+    "read_json",
+    "append_jsonl",
+    "read_jsonl",
+    "environment_info",
+    "git_commit",
+]
+
+TRACKED_PACKAGES = (
+    "torch", "torchaudio", "flwr", "ray", "numpy", "scipy", "soundfile", "sentencepiece", "jiwer",
+    "faker", "inflect", "pyroomacoustics", "papermill",
+)
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        from fedasr.config import to_dict
+
+        return to_dict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN/Inf; None marks "not a number" explicitly
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _jsonable(obj.item())
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """Append one row (a line) to a JSON-lines file and flush it to disk."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The current git commit (with ``-dirty`` if the tree has changes), or None outside git."""
+    cwd = cwd or Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_info(packages: Iterable[str] = TRACKED_PACKAGES) -> dict:
+    """Python, platform, CPU count and versions of the packages that shape results."""
+    versions = {}
+    for p in packages:
+        try:
+            versions[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            versions[p] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "packages": versions,
+    }
+
+
+@dataclasses.dataclass
+class RunDir:
+    """A run's folder with helpers for its three standard files."""
+
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def rounds_path(self) -> Path:
+        return self.path / "rounds.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    def log_round(self, row: dict) -> None:
+        append_jsonl(self.rounds_path, row)
+
+    def rounds(self) -> list[dict]:
+        return read_jsonl(self.rounds_path)
+
+    def write_summary(self, summary: dict) -> Path:
+        return write_json(self.summary_path, summary)
+
+    def summary(self) -> dict:
+        return read_json(self.summary_path)
+
+
+def new_run(experiment: str, config: Any, results_root: str | Path = "results", run_id: str | None = None,
+            resume: bool = False) -> RunDir:
+    """Create ``results_root/experiment/run_id`` and write its ``config.json``.
+
+    Args:
+        experiment: experiment name (folder), e.g. ``"seed"`` or ``"federated"``.
+        config: the resolved config (a dataclass or dict).
+        run_id: folder name; default is a UTC timestamp.
+        resume: reuse an existing folder (its rounds.jsonl is kept and appended to).
+    """
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path = Path(results_root) / experiment / run_id
+    if path.exists() and not resume and any(path.iterdir()):
+        raise FileExistsError(f"run folder {path} exists; pass resume=True or another run_id")
+    path.mkdir(parents=True, exist_ok=True)
+    run = RunDir(path)
+    write_json(run.config_path, {
+        "experiment": experiment,
+        "run_id": run_id,
+        "config": config,
+        "command": sys.argv,
+        "git_commit": git_commit(),
+        "environment": environment_info(),
+    })
+    return run
