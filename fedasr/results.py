@@ -26,6 +26,7 @@ from typing import Any, Iterable
 __all__ = [
     "RunDir",
     "new_run",
+    "open_run",
     "write_json",
     "read_json",
     "append_jsonl",
@@ -152,23 +153,28 @@ class RunDir:
 
 def new_run(experiment: str, config: Any, results_root: str | Path = "results", run_id: str | None = None,
             resume: bool = False) -> RunDir:
-    """Create ``results_root/experiment/run_id`` and write its ``config.json``.
+    """Create ``results_root/experiment/run_id`` (run_id defaults to a UTC timestamp); see `open_run`."""
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return open_run(Path(results_root) / experiment / run_id, experiment, config, resume=resume)
+
+
+def open_run(path: str | Path, experiment: str, config: Any, resume: bool = False) -> RunDir:
+    """Create the run folder ``path`` and write its ``config.json``.
 
     Args:
-        experiment: experiment name (folder), e.g. ``"seed"`` or ``"federated"``.
+        path: the folder, e.g. ``results/seed``.
+        experiment: experiment name recorded in config.json, e.g. ``"seed"`` or ``"federated"``.
         config: the resolved config (a dataclass or dict).
-        run_id: folder name; default is a UTC timestamp.
-        resume: reuse an existing folder (its rounds.jsonl is kept and appended to).
+        resume: reuse an existing non-empty folder (its rounds.jsonl is kept and appended to).
     """
-    run_id = run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    path = Path(results_root) / experiment / run_id
+    path = Path(path)
     if path.exists() and not resume and any(path.iterdir()):
         raise FileExistsError(f"run folder {path} exists; pass resume=True or another run_id")
     path.mkdir(parents=True, exist_ok=True)
     run = RunDir(path)
     write_json(run.config_path, {
         "experiment": experiment,
-        "run_id": run_id,
+        "run_id": path.name,
         "config": config,
         "command": sys.argv,
         "git_commit": git_commit(),

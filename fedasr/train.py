@@ -1,0 +1,416 @@
+"""Central training of the seed model on the proxy (server) domain, evaluation, and checkpoints.
+
+The paper initialises federated training from a centrally pretrained model (paper.md §2.1/§2.6);
+this module trains that *seed model* on ``proxy_train`` only, then measures it on the proxy test
+set, the user domain (unseen users), the user domain's new-terms subset and the real-speech check.
+
+Both CPU cores are used by data parallelism over processes, not threads (calibration.md: two
+1-thread processes with gloo ≈ 1.75× one process; two threads in one process ≈ 1.5×). Each rank
+computes the *summed* loss gradient of its own batch; one ``all_reduce`` adds gradients,
+utterance counts and the stop flag, so the update is the exact mean over both ranks' utterances.
+
+CLI: ``python -m fedasr.train --config configs/seed/quick.toml [--out results/seed] [--if-stale]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from fedasr import config as config_lib
+from fedasr import data as data_lib
+from fedasr import features as feats_lib
+from fedasr import metrics, results
+from fedasr.model import ASRModel, build_model, count_parameters, model_config
+from fedasr.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, build_tokenizer, load_tokenizer
+
+__all__ = ["TrainConfig", "SeedConfig", "train_seed", "evaluate", "featurize", "save_checkpoint",
+           "load_checkpoint", "seed_fingerprint"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation knobs of central training (defaults: calibration.md's recipe that learns on CPU)."""
+
+    max_minutes: float = 10.0  # wall-clock training budget (feature extraction and final eval excluded)
+    max_steps: int = 0  # stop after this many updates as well (0 = no step limit)
+    batch_seconds: float = 30.0  # padded audio per rank per step, seconds (calibration: 30 s)
+    peak_lr: float = 2e-3  # Adam peak learning rate (calibration: 1e-3 stayed on the blank plateau)
+    warmup_steps: int = 100  # linear warm-up, then inverse-sqrt decay (independent of run length)
+    adam_beta2: float = 0.98  # Transformer-style Adam (0.9, 0.98, eps 1e-9)
+    grad_clip: float = 5.0  # global gradient-norm clip
+    sortagrad_epochs: int = 1  # epochs with batches in shortest-first order (SortaGrad)
+    workers: int = 2  # data-parallel 1-thread processes (1 = no torch.distributed)
+    log_every_steps: int = 25  # rows in rounds.jsonl
+    eval_every_steps: int = 250  # greedy WER on (a slice of) proxy_dev during training (0 = off)
+    eval_max_utterances: int = 150  # size of that dev slice
+    checkpoint_every_steps: int = 250  # resumable checkpoint (0 = only at the end)
+    seed: int = 0  # seeds weights, batch order and dropout
+
+
+@dataclass
+class SeedConfig:
+    """Everything that defines a seed-model run (TOML: ``configs/seed/*.toml``)."""
+
+    profile: str = "quick"  # corpus profile the run is meant for (recorded, used in the default corpus path)
+    corpus: str = ""  # corpus folder; "" = data/<profile>
+    preset: str = "tiny"  # model preset (fedasr.model.PRESETS)
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig field overrides on top of the preset
+    tokenizer: TokenizerConfig | None = None  # None = the preset's units (TOKENIZER_PRESETS)
+    features: feats_lib.FeatureConfig = field(default_factory=feats_lib.FeatureConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_splits: list[str] = field(default_factory=lambda: ["proxy_test", "user_test", "real"])
+
+    def corpus_path(self) -> Path:
+        return Path(self.corpus or f"data/{self.profile}")
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def featurize(utterances: Sequence[data_lib.Utterance], fcfg: feats_lib.FeatureConfig,
+              report: data_lib.SkipReport | None = None) -> dict[str, torch.Tensor]:
+    """Log-mel features ``(T, F)`` of each readable utterance, keyed by id (bad audio is skipped and counted)."""
+    frontend = feats_lib.eval_pipeline(fcfg)
+    report = report if report is not None else data_lib.SkipReport()
+    with torch.no_grad():
+        return {u.id: frontend(torch.from_numpy(x)) for u, x in data_lib.iter_audio(utterances, report=report)}
+
+
+def _collate(utts: Sequence[data_lib.Utterance], feats: dict[str, torch.Tensor], tokenizer: Tokenizer,
+             augment: torch.nn.Module | None = None) -> data_lib.Batch:
+    xs = [feats[u.id] for u in utts]
+    if augment is not None:
+        xs = [augment(x) for x in xs]
+    ys = [torch.tensor(tokenizer.encode(u.text), dtype=torch.long) for u in utts]
+    return data_lib.Batch(
+        features=torch.nn.utils.rnn.pad_sequence(xs, batch_first=True),
+        feature_lengths=torch.tensor([x.shape[0] for x in xs]),
+        targets=torch.nn.utils.rnn.pad_sequence(ys, batch_first=True),
+        target_lengths=torch.tensor([len(y) for y in ys]),
+        ids=tuple(u.id for u in utts),
+        texts=tuple(u.text for u in utts),
+    )
+
+
+def _lr(step: int, tcfg: TrainConfig) -> float:
+    """Linear warm-up to ``peak_lr``, then ``peak_lr * sqrt(warmup / step)`` (Vaswani et al. 2017)."""
+    s = max(step, 1)
+    return tcfg.peak_lr * min(s / tcfg.warmup_steps, math.sqrt(tcfg.warmup_steps / s))
+
+
+def _batch_order(step: int, n: int, tcfg: TrainConfig, rank: int):
+    """The batch index of ``step`` on one rank: a deterministic function of (seed, rank, step) for exact resume."""
+    epoch, pos = divmod(step, n)
+    order = list(range(n))
+    if epoch >= tcfg.sortagrad_epochs:
+        random.Random(tcfg.seed * 1_000_003 + rank * 1009 + epoch).shuffle(order)
+    return epoch, order[pos]
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate(model: ASRModel, tokenizer: Tokenizer, utterances: Sequence[data_lib.Utterance],
+             fcfg: feats_lib.FeatureConfig, batch_seconds: float = 60.0,
+             feats: dict[str, torch.Tensor] | None = None) -> dict:
+    """Greedy-decode ``utterances`` and return `fedasr.metrics.wer_report` with the subsets
+    ``new_terms`` (utterances with client-specific terms) and ``no_terms``, plus term recall.
+
+    Unreadable audio is skipped and counted under ``skipped``; it never aborts an evaluation.
+    """
+    report = data_lib.SkipReport()
+    feats = feats if feats is not None else featurize(utterances, fcfg, report)
+    usable = [u for u in utterances if u.id in feats]
+    refs, hyps, ids = [], [], []
+    model.eval()
+    for group in feats_lib.bucket_by_duration(usable, batch_seconds, shuffle=False):
+        xs = [feats[u.id] for u in group]
+        x = torch.nn.utils.rnn.pad_sequence(xs, batch_first=True)
+        lengths = torch.tensor([t.shape[0] for t in xs])
+        for u, h in zip(group, model.greedy_decode(x, lengths)):
+            refs.append(u.text)
+            hyps.append(tokenizer.decode(h))
+            ids.append(u.id)
+    by_id = {u.id: u for u in usable}
+    subsets = {"new_terms": {i for i in ids if by_id[i].terms}, "no_terms": {i for i in ids if not by_id[i].terms}}
+    out = metrics.wer_report(refs, hyps, ids=ids, subsets=subsets) if refs else {"utterances": 0}
+    if subsets["new_terms"]:
+        out["term_recall"] = metrics.term_recall([by_id[i].terms for i in ids], hyps)
+    out["skipped"] = report.total
+    out["examples"] = [{"id": i, "ref": r, "hyp": h} for i, r, h in list(zip(ids, refs, hyps))[:5]]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_checkpoint(directory: str | Path, model: ASRModel, tokenizer: Tokenizer, fcfg: feats_lib.FeatureConfig,
+                    state: dict | None = None, half: bool = False) -> Path:
+    """Write ``model.pt`` (model config, feature config, weights incl. feature statistics, training state)
+    and the tokenizer into ``directory``. ``half=True`` stores float weights as fp16 (for committing)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
+    payload = {"model_config": dataclasses.asdict(model.config), "feature_config": dataclasses.asdict(fcfg),
+               "state_dict": weights, "state": state or {}}
+    tmp = directory / "model.pt.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, directory / "model.pt")
+    tokenizer.save(directory / "tokenizer")
+    return directory / "model.pt"
+
+
+def load_checkpoint(directory: str | Path) -> tuple[ASRModel, Tokenizer, feats_lib.FeatureConfig, dict]:
+    """Load what `save_checkpoint` wrote: ``(model, tokenizer, feature_config, training_state)``."""
+    directory = Path(directory)
+    path = directory / "model.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path} (train one with `make seed`)")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    mcfg = payload["model_config"]
+    model = build_model(model_config_from_dict(mcfg))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
+    return model, load_tokenizer(directory / "tokenizer"), feats_lib.FeatureConfig(**payload["feature_config"]), payload["state"]
+
+
+def model_config_from_dict(d: dict):
+    from fedasr.model import ModelConfig
+
+    return ModelConfig(**d)
+
+
+def seed_fingerprint(cfg: SeedConfig) -> str:
+    """Hash of the resolved config and the corpus manifests: a seed is retrained only when this changes."""
+    meta = json.loads((cfg.corpus_path() / "corpus.json").read_text())
+    manifests = meta.get("manifest_sha256", meta.get("manifests", {}))
+    blob = json.dumps({"config": config_lib.to_dict(cfg), "manifests": manifests}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, job: dict) -> None:
+    """One data-parallel rank: trains until the budget is spent; rank 0 logs and checkpoints."""
+    torch.set_num_threads(1)
+    cfg: SeedConfig = job["cfg"]
+    tcfg = cfg.train
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    tokenizer = job["tokenizer"]
+    model = build_model(job["model_config"])
+    model.load_state_dict(job["init_state"])
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.peak_lr, betas=(0.9, tcfg.adam_beta2), eps=1e-9)
+    step = 0
+    if job.get("resume_state"):
+        model.load_state_dict(job["resume_model"])
+        opt.load_state_dict(job["resume_state"]["optimizer"])
+        step = job["resume_state"]["step"]
+    train = job["train"][rank::world]
+    feats = featurize(train, cfg.features)
+    train = [u for u in train if u.id in feats]
+    batches = feats_lib.bucket_by_duration(train, tcfg.batch_seconds, shuffle=False)
+    augment = feats_lib.SpecAugment(cfg.features).train() if cfg.features.freq_masks or cfg.features.time_masks else None
+    run = results.RunDir(Path(job["run_dir"])) if rank == 0 else None
+    dev = job["dev"][: tcfg.eval_max_utterances]
+    dev_feats = featurize(dev, cfg.features) if rank == 0 and tcfg.eval_every_steps else {}
+    params = [p for p in model.parameters() if p.requires_grad]
+    t0, trained_s = time.time(), job.get("trained_seconds", 0.0)
+    window = {"loss": 0.0, "utts": 0, "tokens": 0, "t": time.time()}
+    bar = None
+    if rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(tcfg.max_minutes * 60), unit="s", desc="seed training", initial=int(trained_s))
+    model.train()
+    while True:
+        epoch, b = _batch_order(step, len(batches), tcfg, rank)
+        # dropout/SpecAugment randomness is a function of (seed, rank, step): exact resume at any step
+        torch.manual_seed((tcfg.seed * 1_000_003 + rank) * 1_000_003 + step)
+        batch = _collate(batches[b], feats, tokenizer, augment)
+        for g in opt.param_groups:
+            g["lr"] = _lr(step + 1, tcfg)
+        opt.zero_grad(set_to_none=False)
+        loss_sum, info = model.loss(batch, reduction="sum", on_invalid="skip")
+        loss_sum.backward()
+        elapsed = trained_s + time.time() - t0
+        stop = elapsed >= tcfg.max_minutes * 60 or (tcfg.max_steps and step + 1 >= tcfg.max_steps)
+        # one all_reduce: summed gradients, utterance count, summed loss, stop flag
+        flat = torch.cat([p.grad.reshape(-1) for p in params] +
+                         [torch.tensor([info["num_utterances"], info["loss_sum"], info["num_tokens"], float(stop)])])
+        if world > 1:
+            dist.all_reduce(flat)
+        n_utts = max(flat[-4].item(), 1.0)
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset: offset + p.numel()].view_as(p)).div_(n_utts)
+            offset += p.numel()
+        torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+        opt.step()
+        step += 1
+        window["loss"] += flat[-3].item()
+        window["utts"] += int(flat[-4].item())
+        window["tokens"] += int(flat[-2].item())
+        if rank == 0:
+            bar.update(int(elapsed) - bar.n)
+            if step % tcfg.log_every_steps == 0 or flat[-1].item() > 0:
+                dt = time.time() - window["t"]
+                row = {"step": step, "epoch": epoch, "lr": _lr(step, tcfg), "train_seconds": round(elapsed, 1),
+                       "loss_per_utterance": window["loss"] / max(window["utts"], 1),
+                       "loss_per_token": window["loss"] / max(window["tokens"], 1),
+                       "utterances_per_second": window["utts"] / max(dt, 1e-9)}
+                if tcfg.eval_every_steps and (step % tcfg.eval_every_steps == 0 or flat[-1].item() > 0):
+                    rep = evaluate(model, tokenizer, dev, cfg.features, feats=dev_feats)
+                    row.update(dev_wer=rep.get("wer"), dev_cer=rep.get("cer"))
+                    model.train()
+                    bar.set_postfix(loss=f"{row['loss_per_token']:.2f}", dev_wer=f"{row['dev_wer']:.3f}")
+                run.log_round(row)
+                window = {"loss": 0.0, "utts": 0, "tokens": 0, "t": time.time()}
+            if flat[-1].item() > 0 or (tcfg.checkpoint_every_steps and step % tcfg.checkpoint_every_steps == 0):
+                save_checkpoint(Path(job["run_dir"]) / "checkpoint", model, tokenizer, cfg.features,
+                                {"step": step, "trained_seconds": elapsed, "optimizer": opt.state_dict(),
+                                 "fingerprint": job["fingerprint"]})
+        if flat[-1].item() > 0:
+            break
+    if bar is not None:
+        bar.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def train_seed(cfg: SeedConfig, out: str | Path = "results/seed", resume: bool = False) -> results.RunDir:
+    """Train the seed model centrally on ``proxy_train`` and evaluate it (writes ``out/summary.json``).
+
+    Args:
+        cfg: the run's config.
+        out: run folder: ``config.json``, ``rounds.jsonl``, ``summary.json``, ``checkpoint/`` (resumable,
+            full precision) and ``model/`` (the seed model, fp16, small enough to commit).
+        resume: continue from ``out/checkpoint`` if its config fingerprint matches.
+    """
+    torch.set_num_threads(1)
+    random.seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    out = Path(out)
+    corpus = data_lib.load_corpus(cfg.corpus_path(), splits=["proxy_train", "proxy_dev", *cfg.eval_splits])
+    if "proxy_train" not in corpus:
+        raise data_lib.DataError(f"{cfg.corpus_path()} has no proxy_train split")
+    fingerprint = seed_fingerprint(cfg)
+    ckpt = out / "checkpoint"
+    resume_state = None
+    if resume and (ckpt / "model.pt").exists():
+        model, tokenizer, _, state = load_checkpoint(ckpt)
+        if state.get("fingerprint") != fingerprint:
+            raise ValueError(f"{ckpt} belongs to another config/corpus; start a fresh run instead of --resume")
+        resume_state, init_model = state, model
+        run = results.RunDir(out)
+    else:
+        if out.exists():
+            for name in ("rounds.jsonl", "summary.json"):
+                (out / name).unlink(missing_ok=True)
+        run = results.open_run(out, "seed", cfg, resume=True)
+        tcfg = cfg.tokenizer or TOKENIZER_PRESETS.get(cfg.preset, TokenizerConfig())
+        tokenizer = build_tokenizer(tcfg, [u.text for u in corpus["proxy_train"]])
+        mcfg = model_config(cfg.preset, vocab_size=tokenizer.vocab_size, **cfg.model)
+        init_model = build_model(mcfg)
+        # global mean/variance normalisation from (a sample of) the proxy training set, stored in the model
+        sample = random.Random(cfg.train.seed).sample(corpus["proxy_train"], min(500, len(corpus["proxy_train"])))
+        init_model.normalizer.set_stats(*feats_lib.compute_stats(featurize(sample, cfg.features).values()))
+    world = max(1, cfg.train.workers)
+    job = {"cfg": cfg, "tokenizer": tokenizer, "model_config": init_model.config, "init_state": init_model.state_dict(),
+           "train": corpus["proxy_train"], "dev": corpus.get("proxy_dev", []), "run_dir": str(run.path),
+           "fingerprint": fingerprint}
+    if resume_state:
+        job.update(resume_state=resume_state, resume_model=init_model.state_dict(),
+                   trained_seconds=resume_state["trained_seconds"])
+    port = _free_port()
+    if world == 1:
+        _worker(0, 1, port, job)
+    else:
+        mp.start_processes(_worker, args=(world, port, job), nprocs=world, join=True, start_method="spawn")
+    model, tokenizer, fcfg, state = load_checkpoint(ckpt)
+    save_checkpoint(out / "model", model, tokenizer, fcfg, {"step": state["step"], "fingerprint": fingerprint},
+                    half=True)
+    model, tokenizer, fcfg, _ = load_checkpoint(out / "model")  # evaluate exactly what is committed
+    reports = {s: evaluate(model, tokenizer, corpus[s], fcfg) for s in cfg.eval_splits if s in corpus}
+    user = reports.get("user_test", {})
+    summary = {
+        "profile": cfg.profile,
+        "preset": cfg.preset,
+        "head": model.config.head,
+        "units": tokenizer.kind,
+        "params": count_parameters(model)["total"],
+        "params_by_component": count_parameters(model),
+        "train_seconds": round(state["trained_seconds"], 1),
+        "steps": state["step"],
+        "workers": world,
+        "fingerprint": fingerprint,
+        "corpus": str(cfg.corpus_path()),
+        "wer": {"proxy": reports.get("proxy_test", {}).get("wer"), "user": user.get("wer"),
+                "new_terms": user.get("subsets", {}).get("new_terms", {}).get("wer"),
+                "user_no_terms": user.get("subsets", {}).get("no_terms", {}).get("wer"),
+                "real": reports.get("real", {}).get("wer")},
+        "cer": {"proxy": reports.get("proxy_test", {}).get("cer"), "user": user.get("cer"),
+                "real": reports.get("real", {}).get("cer")},
+        "reports": reports,
+        "synthetic_speech": True,
+    }
+    run.write_summary(summary)
+    return run
+
+
+def cli_main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m fedasr.train", description="Train the seed model centrally.")
+    ap.add_argument("--config", help="TOML config, e.g. configs/seed/quick.toml (Default: built-in defaults)")
+    ap.add_argument("--out", default="results/seed", help="run folder (Default: results/seed)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides, e.g. train.max-minutes=2 (values parsed as TOML)")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    ap.add_argument("--if-stale", action="store_true",
+                    help="do nothing if OUT/summary.json was made with the same config and corpus")
+    args = ap.parse_args(argv)
+    import tomllib
+
+    overrides = {k: tomllib.loads(f"v = {v}")["v"] if v[:1] not in "\"'" else v.strip("\"'")
+                 for k, v in (s.split("=", 1) for s in args.set)}
+    cfg = config_lib.load(SeedConfig, args.config, overrides)
+    summary_path = Path(args.out) / "summary.json"
+    if args.if_stale and summary_path.exists():
+        if json.loads(summary_path.read_text()).get("fingerprint") == seed_fingerprint(cfg):
+            print(f"seed: {summary_path} is up to date with this config and corpus; not retraining")
+            return
+    run = train_seed(cfg, args.out, resume=args.resume)
+    s = run.summary()
+    print(json.dumps({k: s[k] for k in ("profile", "preset", "params", "train_seconds", "wer", "cer")}, indent=2))
+
+
+if __name__ == "__main__":
+    cli_main()
