@@ -17,7 +17,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: help setup system-deps data summary seed reproduce test test-all clean-data
+.PHONY: help setup system-deps data summary seed notebooks reproduce test test-all clean-data
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -45,7 +45,16 @@ summary: data  ## corpus summary → results/data/<profile>_summary.json
 seed: data  ## seed model (central pretraining on proxy data); retrained only if config/corpus changed
 	$(PY) -m fedasr.train --config configs/seed/$(PROFILE).toml --out $(SEED_DIR) --if-stale
 
-reproduce: setup data summary seed  ## the main job: everything from a fresh clone (quick profile, CPU)
+NOTEBOOKS := $(notdir $(wildcard notebooks/[0-9]*.ipynb))
+PM_FLAGS  ?=
+notebooks: setup  ## execute every notebook with papermill → results/notebooks/
+	@mkdir -p results/notebooks
+	@for nb in $(NOTEBOOKS); do \
+	  echo "papermill $$nb"; \
+	  $(PY) -m papermill --cwd notebooks notebooks/$$nb results/notebooks/$$nb --log-output $(PM_FLAGS) || exit 1; \
+	done
+
+reproduce: setup data summary seed notebooks  ## the main job: everything from a fresh clone (quick profile, CPU)
 	@echo "reproduce: done — see results/"
 
 test: setup  ## the default test suite (CPU, < 15 min on 2 cores)

@@ -40,7 +40,7 @@ from fedasr.model import ASRModel, build_model, count_parameters, model_config
 from fedasr.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, build_tokenizer, load_tokenizer
 
 __all__ = ["TrainConfig", "SeedConfig", "train_seed", "evaluate", "featurize", "save_checkpoint",
-           "load_checkpoint", "seed_fingerprint"]
+           "load_checkpoint", "seed_fingerprint", "ensure_seed"]
 
 
 @dataclass
@@ -387,6 +387,16 @@ def train_seed(cfg: SeedConfig, out: str | Path = "results/seed", resume: bool =
     return run
 
 
+def ensure_seed(cfg: SeedConfig, out: str | Path = "results/seed") -> results.RunDir:
+    """Return the seed run in ``out``, training it first only if it is missing or stale
+    (made with another config or corpus: `seed_fingerprint`)."""
+    summary_path = Path(out) / "summary.json"
+    if summary_path.exists() and json.loads(summary_path.read_text()).get("fingerprint") == seed_fingerprint(cfg):
+        print(f"seed: {summary_path} is up to date with this config and corpus; not retraining")
+        return results.RunDir(Path(out))
+    return train_seed(cfg, out)
+
+
 def cli_main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m fedasr.train", description="Train the seed model centrally.")
     ap.add_argument("--config", help="TOML config, e.g. configs/seed/quick.toml (Default: built-in defaults)")
@@ -402,12 +412,7 @@ def cli_main(argv: Sequence[str] | None = None) -> None:
     overrides = {k: tomllib.loads(f"v = {v}")["v"] if v[:1] not in "\"'" else v.strip("\"'")
                  for k, v in (s.split("=", 1) for s in args.set)}
     cfg = config_lib.load(SeedConfig, args.config, overrides)
-    summary_path = Path(args.out) / "summary.json"
-    if args.if_stale and summary_path.exists():
-        if json.loads(summary_path.read_text()).get("fingerprint") == seed_fingerprint(cfg):
-            print(f"seed: {summary_path} is up to date with this config and corpus; not retraining")
-            return
-    run = train_seed(cfg, args.out, resume=args.resume)
+    run = ensure_seed(cfg, args.out) if args.if_stale else train_seed(cfg, args.out, resume=args.resume)
     s = run.summary()
     print(json.dumps({k: s[k] for k in ("profile", "preset", "params", "train_seconds", "wer", "cer")}, indent=2))
 

@@ -1,0 +1,50 @@
+"""One function per figure; each reads results (dicts / rows) and writes a PNG under ``results/figures``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: notebooks under papermill and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["seed_training_curves", "wer_by_test_set"]
+
+
+def _save(fig, out: str | Path | None) -> None:
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120, bbox_inches="tight")
+
+
+def seed_training_curves(rounds: Sequence[dict], out: str | Path | None = None, title: str = "Seed model"):
+    """Training loss per token and proxy-dev WER against training minutes (rows of ``rounds.jsonl``)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    t = [r["train_seconds"] / 60 for r in rounds]
+    a.plot(t, [r["loss_per_token"] for r in rounds])
+    a.set(xlabel="training minutes", ylabel="CTC/RNN-T loss per token", title=f"{title}: training loss")
+    ev = [r for r in rounds if r.get("dev_wer") is not None]
+    b.plot([r["train_seconds"] / 60 for r in ev], [100 * r["dev_wer"] for r in ev], "o-", label="WER")
+    b.plot([r["train_seconds"] / 60 for r in ev], [100 * r["dev_cer"] for r in ev], "s--", label="CER")
+    b.set(xlabel="training minutes", ylabel="% on proxy_dev slice", title=f"{title}: dev error (greedy)")
+    b.legend()
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    _save(fig, out)
+    return fig
+
+
+def wer_by_test_set(summary: dict, out: str | Path | None = None, title: str = "Seed model WER by test set"):
+    """Bar chart of ``summary["wer"]`` (fractions) — the domain gap FL must later close."""
+    names = [k for k, v in summary["wer"].items() if v is not None]
+    vals = [100 * summary["wer"][k] for k in names]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bars = ax.bar(names, vals, color=["#4477aa", "#ee6677", "#aa3377", "#228833", "#bbbbbb"][: len(names)])
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set(ylabel="WER %", title=title)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, out)
+    return fig
