@@ -40,7 +40,7 @@ from fedasr.model import ASRModel, build_model, count_parameters, model_config
 from fedasr.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, build_tokenizer, load_tokenizer
 
 __all__ = ["TrainConfig", "SeedConfig", "train_seed", "evaluate", "featurize", "save_checkpoint",
-           "load_checkpoint", "seed_fingerprint", "ensure_seed"]
+           "load_checkpoint", "seed_fingerprint", "ensure_seed", "collate", "build_model"]
 
 
 @dataclass
@@ -93,8 +93,9 @@ def featurize(utterances: Sequence[data_lib.Utterance], fcfg: feats_lib.FeatureC
         return {u.id: frontend(torch.from_numpy(x)) for u, x in data_lib.iter_audio(utterances, report=report)}
 
 
-def _collate(utts: Sequence[data_lib.Utterance], feats: dict[str, torch.Tensor], tokenizer: Tokenizer,
-             augment: torch.nn.Module | None = None) -> data_lib.Batch:
+def collate(utts: Sequence[data_lib.Utterance], feats: dict[str, torch.Tensor], tokenizer: Tokenizer,
+            augment: torch.nn.Module | None = None) -> data_lib.Batch:
+    """Pad cached features ``(T, F)`` and tokenised ``utt.text`` of ``utts`` into a `Batch`."""
     xs = [feats[u.id] for u in utts]
     if augment is not None:
         xs = [augment(x) for x in xs]
@@ -131,9 +132,10 @@ def _batch_order(step: int, n: int, tcfg: TrainConfig, rank: int):
 @torch.no_grad()
 def evaluate(model: ASRModel, tokenizer: Tokenizer, utterances: Sequence[data_lib.Utterance],
              fcfg: feats_lib.FeatureConfig, batch_seconds: float = 60.0,
-             feats: dict[str, torch.Tensor] | None = None) -> dict:
+             feats: dict[str, torch.Tensor] | None = None, keep_hypotheses: bool = False) -> dict:
     """Greedy-decode ``utterances`` and return `fedasr.metrics.wer_report` with the subsets
-    ``new_terms`` (utterances with client-specific terms) and ``no_terms``, plus term recall.
+    ``new_terms`` (utterances with client-specific terms) and ``no_terms``, plus term recall
+    (and every hypothesis by id under ``hypotheses`` if ``keep_hypotheses``).
 
     Unreadable audio is skipped and counted under ``skipped``; it never aborts an evaluation.
     """
@@ -157,6 +159,8 @@ def evaluate(model: ASRModel, tokenizer: Tokenizer, utterances: Sequence[data_li
         out["term_recall"] = metrics.term_recall([by_id[i].terms for i in ids], hyps)
     out["skipped"] = report.total
     out["examples"] = [{"id": i, "ref": r, "hyp": h} for i, r, h in list(zip(ids, refs, hyps))[:5]]
+    if keep_hypotheses:
+        out["hypotheses"] = dict(zip(ids, hyps))
     return out
 
 
@@ -254,7 +258,7 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
         epoch, b = _batch_order(step, len(batches), tcfg, rank)
         # dropout/SpecAugment randomness is a function of (seed, rank, step): exact resume at any step
         torch.manual_seed((tcfg.seed * 1_000_003 + rank) * 1_000_003 + step)
-        batch = _collate(batches[b], feats, tokenizer, augment)
+        batch = collate(batches[b], feats, tokenizer, augment)
         for g in opt.param_groups:
             g["lr"] = _lr(step + 1, tcfg)
         opt.zero_grad(set_to_none=False)

@@ -5,35 +5,9 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from fedasr import config, data, train
-
-WORDS = ["call", "mom", "set", "a", "timer", "play", "music", "lights", "on", "off"]
-
-
-@pytest.fixture(scope="module")
-def fake_corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    for split, n in [("proxy_train", 16), ("proxy_dev", 4), ("proxy_test", 4), ("user_test", 4)]:
-        utts = []
-        for i in range(n):
-            text = " ".join(rng.choice(WORDS, size=rng.integers(1, 4)))
-            dur = 0.6 + 0.1 * (i % 5)
-            path = root / "audio" / split / f"{split}{i}.flac"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, (0.1 * rng.standard_normal(int(dur * 16000))).astype("float32"), 16000)
-            user = split.startswith("user")
-            utts.append(data.Utterance(id=f"{split}{i}", path=str(path), text=text, duration=dur, speaker="s",
-                                       voice="v", client="c0001" if user else None, split=split,
-                                       domain="user" if user else "proxy",
-                                       terms=("mom",) if user and "mom" in text else ()))
-        data.write_manifest(root / "manifests" / f"{split}.jsonl", utts, root)
-    (root / "corpus.json").write_text(json.dumps({"profile": "fake", "manifest_sha256": {"x": "1"}}))
-    return root
-
 
 def _cfg(corpus, **train_kw):
     kw = dict(max_minutes=5.0, max_steps=4, batch_seconds=3.0, workers=1, log_every_steps=1, eval_every_steps=2,

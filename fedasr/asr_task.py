@@ -1,0 +1,194 @@
+"""The ASR federated task: user-domain clients with on-device labels, starting from the seed model.
+
+Implements `fedasr.federated.core.FederatedTask` for the Conformer ASR model. A client's training
+data are its ``user_train`` utterances (audio → log-mels on the device) paired with **on-device
+labels** — never the reference transcripts. Where labels come from is data, a JSON-lines *label
+store* ``{"id", "label"}`` per utterance:
+
+* ``hypotheses`` — what the phone showed: the seed model's greedy transcript (paper §1: FL has no
+  human labels; this is the ground-truth-free baseline of the federation issue);
+* a correction store written by `fedasr.corrections` (user-corrected transcripts, paper §2.5);
+* ``truth`` — the references themselves: an *oracle* upper bound no real client has, for analysis only.
+
+Utterances whose label is empty, or too long for their audio (CTC needs T' ≥ U), are skipped and
+counted, so one bad utterance never fails a client's round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from fedasr import config as config_lib
+from fedasr import data as data_lib
+from fedasr import train
+from fedasr.data import Batch, DataError, SkipReport, Utterance
+
+__all__ = ["ASRTaskConfig", "ASRTask", "make_asr_task", "write_hypothesis_labels", "read_labels",
+           "hypothesis_labels_path"]
+
+
+@dataclass
+class ASRTaskConfig:
+    """Knobs of the ASR task (``task.params.*`` when ``task.name = "asr"``)."""
+
+    corpus: str = "data/quick"  # corpus folder (manifests + audio)
+    seed_model: str = "results/seed/model"  # checkpoint folder the global model starts from
+    labels: str = "hypotheses"  # "hypotheses" | "truth" (oracle) | path to a label store .jsonl
+    train_split: str = "user_train"  # the clients' on-device utterances
+    eval_splits: list[str] = field(default_factory=lambda: ["user_test", "proxy_test"])  # server-side eval
+    eval_max_utterances: int = 0  # cap per eval split (0 = all), first N in manifest order
+    max_client_utterances: int = 0  # cap per client and round (0 = all; a device-time budget)
+
+
+def hypothesis_labels_path(cfg: ASRTaskConfig) -> Path:
+    """Where the seed model's hypotheses for ``cfg.train_split`` are stored (beside the seed checkpoint)."""
+    return Path(cfg.seed_model).parent / "labels" / f"{cfg.train_split}.hypotheses.jsonl"
+
+
+def read_labels(path: str | Path) -> dict[str, str]:
+    """Read a label store ``{"id", "label", ...}`` per line into ``{id: label}``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"label store {path} does not exist (write it with fedasr.asr_task.write_hypothesis_labels "
+                        "or fedasr.corrections)")
+    out = {}
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            out[str(d["id"])] = str(d["label"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"{path}:{i}: bad label line ({e})") from None
+    return out
+
+
+def write_hypothesis_labels(cfg: ASRTaskConfig, overwrite: bool = False) -> Path:
+    """Decode every ``train_split`` utterance with the seed model and store the hypotheses as labels.
+
+    This is what each phone already holds: the transcript it showed the user. Computed once, on the
+    server machine for the simulation (each device would compute its own). Returns the store's path.
+    """
+    path = hypothesis_labels_path(cfg)
+    if path.exists() and not overwrite:
+        return path
+    model, tokenizer, fcfg, _ = train.load_checkpoint(cfg.seed_model)
+    utts = data_lib.load_corpus(cfg.corpus, splits=[cfg.train_split])[cfg.train_split]
+    rep = train.evaluate(model, tokenizer, utts, fcfg, keep_hypotheses=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for uid, hyp in rep["hypotheses"].items():
+            f.write(json.dumps({"id": uid, "label": hyp}, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
+class ASRTask:
+    """User-domain clients of a corpus; see the module docstring."""
+
+    def __init__(self, cfg: ASRTaskConfig) -> None:
+        self.cfg = cfg
+        corpus = data_lib.load_corpus(cfg.corpus, splits=[cfg.train_split, *cfg.eval_splits])
+        if cfg.train_split not in corpus:
+            raise DataError(f"{cfg.corpus} has no {cfg.train_split} split")
+        self._by_client: dict[str, list[Utterance]] = {}
+        for u in corpus[cfg.train_split]:
+            if u.client is not None:
+                self._by_client.setdefault(u.client, []).append(u)
+        self._eval = {s: corpus[s][: cfg.eval_max_utterances or None] for s in cfg.eval_splits if s in corpus}
+        self._eval_feats: dict[str, dict[str, torch.Tensor]] = {}
+        model, self.tokenizer, self.fcfg, _ = train.load_checkpoint(cfg.seed_model)
+        self._model_config = model.config
+        self._seed_state = model.state_dict()
+        if cfg.labels == "truth":
+            self._labels = None
+        else:
+            path = hypothesis_labels_path(cfg) if cfg.labels == "hypotheses" else Path(cfg.labels)
+            self._labels = read_labels(path)
+        self.skips = SkipReport()
+
+    # --- FederatedTask -------------------------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        """Return the seed model (the global model's starting point)."""
+        model = train.build_model(self._model_config)
+        model.load_state_dict(self._seed_state)
+        return model
+
+    def client_ids(self) -> list[str]:
+        """Client ids of ``train_split`` in sorted order."""
+        return sorted(self._by_client)
+
+    def num_examples(self, client_id: str) -> int:
+        """Utterances of the client that have a usable (non-empty) on-device label."""
+        return len(self._labelled(client_id))
+
+    def _labelled(self, client_id: str) -> list[Utterance]:
+        if client_id not in self._by_client:
+            raise KeyError(f"unknown client {client_id!r}")
+        out = []
+        for u in self._by_client[client_id]:
+            label = u.text if self._labels is None else self._labels.get(u.id, "")
+            label = data_lib.normalize_text(label)
+            if label:
+                out.append(dataclasses.replace(u, text=label, terms=()))  # the device never sees the reference
+        if self.cfg.max_client_utterances:
+            out = out[: self.cfg.max_client_utterances]
+        return out
+
+    def client_batches(self, client_id: str, micro_batch: int, seed: int) -> list[Batch]:
+        """The client's labelled utterances as log-mel batches of ≤ ``micro_batch`` utterances.
+
+        Bad audio and utterances too short for their label are skipped and counted in ``self.skips``.
+        Raises ``ValueError`` when nothing usable is left (the client declines the round).
+        """
+        utts = self._labelled(client_id)
+        order = np.random.default_rng(seed).permutation(len(utts))
+        utts = [utts[i] for i in order]
+        feats = train.featurize(utts, self.fcfg, self.skips)
+        utts = [u for u in utts if u.id in feats]
+        batches = []
+        for i in range(0, len(utts), micro_batch):
+            group = utts[i: i + micro_batch]
+            batch = train.collate(group, feats, self.tokenizer)
+            bad = self._validator().validate(batch)
+            for j in bad:
+                self.skips.add("too short for label", group[j].id)
+            keep = [u for j, u in enumerate(group) if j not in bad]
+            if keep:
+                batches.append(train.collate(keep, feats, self.tokenizer) if bad else batch)
+        if not batches:
+            raise ValueError(f"client {client_id!r} has no usable labelled utterances ({self.skips.summary()})")
+        return batches
+
+    def _validator(self):
+        if not hasattr(self, "_val_model"):
+            with torch.device("meta"):
+                self._val_model = train.build_model(self._model_config)
+        return self._val_model
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Greedy WER on each eval split (``wer_<split>``), plus ``wer_new_terms`` of ``user_test``."""
+        out = {}
+        for split, utts in self._eval.items():
+            if split not in self._eval_feats:
+                self._eval_feats[split] = train.featurize(utts, self.fcfg)
+            rep = train.evaluate(model, self.tokenizer, utts, self.fcfg, feats=self._eval_feats[split])
+            name = split.replace("_test", "")
+            out[f"wer_{name}"] = rep.get("wer")
+            out[f"cer_{name}"] = rep.get("cer")
+            if split == "user_test" and "new_terms" in rep.get("subsets", {}):
+                out["wer_new_terms"] = rep["subsets"]["new_terms"]["wer"]
+        return out
+
+
+def make_asr_task(params: dict) -> ASRTask:
+    """Factory registered as task ``"asr"``: validates ``params`` against `ASRTaskConfig`."""
+    return ASRTask(config_lib.from_dict(ASRTaskConfig, params, prefix="task.params"))

@@ -1,0 +1,63 @@
+"""The ASR federated task: clients train on on-device labels only, never on reference transcripts."""
+
+import json
+
+import pytest
+import torch
+
+from fedasr import asr_task, data
+from fedasr.federated import core
+
+
+def _task(fake_corpus, fake_seed, **kw):
+    params = {"corpus": str(fake_corpus), "seed_model": str(fake_seed / "model"), **kw}
+    return asr_task.make_asr_task(params)
+
+
+def test_unknown_param_is_named(fake_corpus, fake_seed):
+    from fedasr.config import ConfigError
+
+    with pytest.raises(ConfigError, match="task.params.lables"):
+        _task(fake_corpus, fake_seed, lables="truth")
+
+
+def test_missing_label_store_is_a_clear_error(fake_corpus, fake_seed, tmp_path):
+    with pytest.raises(data.DataError, match="label store .* does not exist"):
+        _task(fake_corpus, fake_seed, labels=str(tmp_path / "none.jsonl"))
+
+
+def test_clients_see_labels_not_references(fake_corpus, fake_seed, tmp_path):
+    utts = data.load_corpus(fake_corpus)["user_train"]
+    store = tmp_path / "labels.jsonl"
+    # a label store where every label differs from the reference; one empty label, one missing id
+    lines = [{"id": u.id, "label": "zz" + u.text.replace(" ", "")[:3]} for u in utts[1:]]
+    lines[0]["label"] = ""
+    store.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    task = _task(fake_corpus, fake_seed, labels=str(store))
+    refs = {u.text for u in utts}
+    seen = 0
+    for cid in task.client_ids():
+        for b in task.client_batches(cid, micro_batch=2, seed=0):
+            assert not set(b.texts) & refs, "a client batch carries a reference transcript"
+            assert all(t.startswith("zz") for t in b.texts)
+            seen += len(b.ids)
+    assert seen == len(utts) - 2  # the missing and the empty label are not trained on
+    assert sum(task.num_examples(c) for c in task.client_ids()) == len(utts) - 2
+
+
+def test_hypothesis_labels_and_a_fedsgd_round(fake_corpus, fake_seed):
+    cfg = asr_task.ASRTaskConfig(corpus=str(fake_corpus), seed_model=str(fake_seed / "model"))
+    path = asr_task.write_hypothesis_labels(cfg)
+    labels = asr_task.read_labels(path)
+    assert set(labels) == {u.id for u in data.load_corpus(fake_corpus)["user_train"]}
+    task = _task(fake_corpus, fake_seed, labels="truth", eval_splits=["user_test"])
+    model = task.build_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cid = task.client_ids()[0]
+    upd = core.fedsgd_client_update(model, state, task.client_batches(cid, 2, 0), client_id=cid)
+    assert upd.num_examples == task.num_examples(cid)
+    assert all(torch.isfinite(g).all() for g in upd.arrays.values())
+    for k, v in model.state_dict().items():  # FedSGD: the client's weights do not move
+        assert torch.equal(v, state[k]), k
+    ev = task.evaluate(model)
+    assert set(ev) >= {"wer_user", "cer_user"} and ev["wer_user"] >= 0
