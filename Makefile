@@ -34,10 +34,8 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 	@echo "setup: $(VENV) ready ($$($(PY) -c 'import torch, flwr; print("torch", torch.__version__, "flwr", flwr.__version__)'))"
 
-data: setup data/$(PROFILE)/corpus.json  ## generate the speech corpus (PROFILE=tiny|quick|full)
-
-data/%/corpus.json: fedasr/corpus.py fedasr/data.py
-	$(PY) -m fedasr.corpus --profile $* --out data/$* --seed $(SEED)
+data: setup  ## generate the speech corpus (PROFILE=tiny|quick|full); skipped when complete and up to date
+	$(PY) -m fedasr.corpus --profile $(PROFILE) --out data/$(PROFILE) --seed $(SEED) --if-stale
 
 summary: data  ## corpus summary → results/data/<profile>_summary.json
 	$(PY) -m fedasr.data summary data/$(PROFILE) --out results/data/$(PROFILE)_summary.json

@@ -19,11 +19,13 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Literal, NamedTuple, Sequence
 
 import numpy as np
 import soundfile as sf
-import torch
+
+if TYPE_CHECKING:  # torch is only needed for Batch's annotations: the corpus generator stays light
+    import torch
 
 __all__ = [
     "SAMPLE_RATE",
@@ -148,6 +150,7 @@ def normalize_text(text: str) -> str:
     global _NUMBER_WORDS
     text = text.lower().replace("-", " ").replace("&", " and ")
     text = text.replace("#", " pound ").replace("*", " star ")
+    text = re.sub(r"(\d)\.(\d)", r"\1 point \2", text)  # 28.8 -> 28 point 8
     if re.search(r"\d", text):
         if _NUMBER_WORDS is None:
             import inflect

@@ -206,7 +206,7 @@ def model_config_from_dict(d: dict):
 def seed_fingerprint(cfg: SeedConfig) -> str:
     """Hash of the resolved config and the corpus manifests: a seed is retrained only when this changes."""
     meta = json.loads((cfg.corpus_path() / "corpus.json").read_text())
-    manifests = meta.get("manifest_sha256", meta.get("manifests", {}))
+    manifests = meta.get("sha256", meta.get("manifest_sha256", {}))
     blob = json.dumps({"config": config_lib.to_dict(cfg), "manifests": manifests}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

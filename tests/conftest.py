@@ -29,7 +29,7 @@ def fake_corpus(tmp_path_factory):
                                        domain="user" if user else "proxy",
                                        terms=("mom",) if user and "mom" in text else ()))
         data.write_manifest(root / "manifests" / f"{split}.jsonl", utts, root)
-    (root / "corpus.json").write_text(json.dumps({"profile": "fake", "manifest_sha256": {"x": "1"}}))
+    (root / "corpus.json").write_text(json.dumps({"profile": "fake", "sha256": {"x": "1"}}))
     return root
 
 

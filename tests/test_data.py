@@ -142,6 +142,7 @@ def test_iter_audio_skips_bad_files_and_keeps_the_rest(tmp_path):
         ("'quoted' words", "quoted words"),
         ("twenty-one", "twenty one"),
         ("*", "star"),
+        ("28.8 kbps", "twenty eight point eight kbps"),
     ],
 )
 def test_normalize_text(raw, normal):

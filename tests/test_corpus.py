@@ -1,0 +1,271 @@
+"""Tests of the TTS corpus generator: determinism, manifest contract, non-IID user domain, errors."""
+
+import hashlib
+import itertools
+import json
+import shutil
+import statistics
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedasr import corpus
+from fedasr.corpus import PROFILES, Channel, CorpusError, Job, apply_channel, build_corpus, build_plan
+from fedasr.corpus_text import USER_INTENTS, load_text_bank, make_client_text
+from fedasr.data import SAMPLE_RATE, SPLITS, is_normalized, load_audio, load_corpus, read_manifest
+
+USER_SPLITS = ("user_train", "user_heldout", "user_test")
+PROXY_SPLITS = ("proxy_train", "proxy_dev", "proxy_test")
+
+needs_debian = pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="the generator needs Debian packages")
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_builds(tmp_path_factory):
+    """The real tiny profile built twice (2 workers, then 1): about 25 s in all."""
+    a, b = tmp_path_factory.mktemp("tiny_a"), tmp_path_factory.mktemp("tiny_b")
+    build_corpus("tiny", a, seed=0, workers=2)
+    build_corpus("tiny", b, seed=0, workers=1)
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def quick_plan():
+    """The quick profile's plan (texts, voices, channels), no audio."""
+    return build_plan(PROFILES["quick"], seed=0)
+
+
+# ---------------------------------------------------------------- built corpus (tiny)
+
+
+@needs_debian
+def test_tiny_build_is_byte_identical(tiny_builds):
+    a, b = tiny_builds
+    ha, hb = _tree_hashes(a), _tree_hashes(b)
+    assert ha.keys() == hb.keys()
+    assert sum(k.endswith(".flac") for k in ha) > 250
+    assert [k for k in ha if ha[k] != hb[k]] == []
+
+
+@needs_debian
+def test_tiny_manifests_and_audio_follow_the_contract(tiny_builds):
+    root = tiny_builds[0]
+    splits = load_corpus(root)
+    assert set(splits) == set(SPLITS)
+    ids = set()
+    for split, utts in splits.items():
+        assert utts, f"{split} is empty"
+        for u in utts:
+            assert u.split == split and u.id not in ids
+            ids.add(u.id)
+            assert Path(u.path) == root / "audio" / split / f"{u.id}.flac"
+            assert is_normalized(u.text)
+            x = load_audio(u)  # 16 kHz, mono, finite, non-empty (or DataError)
+            assert abs(len(x) / SAMPLE_RATE - u.duration) < 1e-3
+            assert 0 < np.abs(x).max() <= 1.0
+            if u.domain == "user":
+                assert u.client is not None and all(t in u.text for t in u.terms)
+            else:
+                assert u.client is None and u.terms == ()
+    assert {u.voice for u in splits["real"]} == {"real:allison"}
+
+
+@needs_debian
+def test_tiny_corpus_json_records_counts_versions_and_hashes(tiny_builds):
+    root = tiny_builds[0]
+    record = json.loads((root / "corpus.json").read_text())
+    assert record["profile"] == "tiny" and record["seed"] == 0 and record["generator_version"] == corpus.GENERATOR_VERSION
+    for split in SPLITS:
+        lines = (root / "manifests" / f"{split}.jsonl").read_text().splitlines()
+        assert record["splits"][split]["utterances"] == len(lines)
+        digest = hashlib.sha256((root / "manifests" / f"{split}.jsonl").read_bytes()).hexdigest()
+        assert record["sha256"][f"manifests/{split}.jsonl"] == digest
+    assert record["debian_packages"]["espeak-ng"] and record["python_packages"]["faker"]
+    assert record["real_prompts"]["used"] == PROFILES["tiny"].real
+    total = sum(s["utterances"] for s in record["splits"].values())
+    assert 250 <= total <= 350
+
+
+# ---------------------------------------------------------------- plan: non-IID user domain
+
+
+def _terms_by_client(plan):
+    terms = defaultdict(set)
+    for split in USER_SPLITS:
+        for j in plan.jobs[split]:
+            terms[j.client].update(j.terms)
+    return terms
+
+
+def test_user_voices_are_disjoint_from_server_voices(quick_plan):
+    server = {j.voice_id for s in PROXY_SPLITS for j in quick_plan.jobs[s]}
+    user = {j.voice_id for s in USER_SPLITS for j in quick_plan.jobs[s]}
+    assert len(server) > 50 and len(user) >= 20
+    assert server.isdisjoint(user)
+    server_variants = {v.split("+")[1] for v in server if "+" in v}
+    user_variants = {v.split("+")[1] for v in user if "+" in v}
+    assert server_variants.isdisjoint(user_variants)
+
+
+def test_each_client_has_one_voice_and_channel(quick_plan):
+    by_client = defaultdict(set)
+    for split in USER_SPLITS:
+        for j in quick_plan.jobs[split]:
+            by_client[j.client].add((j.speaker, j.voice_id, j.pitch, j.rate, j.channel))
+    assert len(by_client) == len(quick_plan.clients)
+    assert all(len(v) == 1 for v in by_client.values())
+
+
+def test_user_terms_never_occur_in_proxy_text(quick_plan):
+    proxy_words = {w for s in PROXY_SPLITS for j in quick_plan.jobs[s] for w in j.text.split()}
+    term_words = {w for terms in _terms_by_client(quick_plan).values() for t in terms for w in t.split()}
+    assert len(term_words) > 500
+    assert proxy_words.isdisjoint(term_words)
+    assert proxy_words.isdisjoint(w for c in quick_plan.clients for name in c["contacts"] + c["places"]
+                                  for w in name.split())
+
+
+def test_terms_are_the_clients_own_names_and_places(quick_plan):
+    clients = {c["id"]: c for c in quick_plan.clients}
+    with_terms = 0
+    for split in USER_SPLITS:
+        for j in quick_plan.jobs[split]:
+            c = clients[j.client]
+            own = set(c["contacts"]) | set(c["places"]) | {n.split()[0] for n in c["contacts"]}
+            assert set(j.terms) <= own
+            assert all(f" {t} " in f" {j.text} " for t in j.terms)
+            with_terms += bool(j.terms)
+    assert 0.4 < with_terms / sum(len(quick_plan.jobs[s]) for s in USER_SPLITS) < 0.9
+
+
+def test_client_term_sets_barely_overlap(quick_plan):
+    sets = [s for s in _terms_by_client(quick_plan).values() if s]
+    jaccard = [len(a & b) / len(a | b) for a, b in itertools.combinations(sets, 2)]
+    assert statistics.mean(jaccard) < 0.01
+    assert max(jaccard) < 0.5
+
+
+def test_intent_mix_differs_between_clients(quick_plan):
+    weights = np.array([[c["intent_weights"][i] for i in USER_INTENTS] for c in quick_plan.clients])
+    assert np.allclose(weights.sum(axis=1), 1, atol=1e-4)
+    assert weights.max(axis=1).mean() > 0.3  # Dirichlet(0.5): most clients favour a few intents
+    assert weights.argmax(axis=1).tolist().count(0) < 0.5 * len(weights)
+
+
+def test_unseen_clients_are_disjoint_and_seen_clients_have_heldout(quick_plan):
+    clients = {s: {j.client for j in quick_plan.jobs[s]} for s in USER_SPLITS}
+    assert clients["user_test"].isdisjoint(clients["user_train"] | clients["user_heldout"])
+    assert clients["user_heldout"] == clients["user_train"]
+    assert len(clients["user_test"]) == PROFILES["quick"].unseen_clients
+    assert len(clients["user_train"]) == PROFILES["quick"].seen_clients
+
+
+def test_utterance_counts_are_long_tailed(quick_plan):
+    p = PROFILES["quick"]
+    counts = sorted(c["utterances"] for c in quick_plan.clients)
+    assert p.utt_min <= counts[0] and counts[-1] <= p.utt_max
+    assert statistics.mean(counts) > statistics.median(counts)  # right skew
+    assert counts[int(0.95 * len(counts))] >= 2.5 * statistics.median(counts)
+    assert len(set(counts)) > 20
+
+
+# ---------------------------------------------------------------- text
+
+
+def test_all_texts_are_normalised_and_proxy_vocabulary_is_moderate(quick_plan):
+    assert all(is_normalized(j.text) for jobs in quick_plan.jobs.values() for j in jobs)
+    types = quick_plan.stats["proxy_train_word_types"]
+    assert 700 <= types <= 2000
+    assert 0.05 < quick_plan.stats["user_oov_rate_vs_proxy_train"] < 0.4
+
+
+def test_plan_depends_only_on_the_seed():
+    tiny = PROFILES["tiny"]
+    a, b, c = build_plan(tiny, 0), build_plan(tiny, 0), build_plan(tiny, 1)
+    assert a.jobs == b.jobs and a.clients == b.clients
+    assert [j.text for j in a.jobs["proxy_train"]] != [j.text for j in c.jobs["proxy_train"]]
+
+
+def test_client_names_reject_server_words():
+    import random
+
+    bank = load_text_bank()
+    client = make_client_text(random.Random(3), "en_US", bank.lexicon)
+    assert len(client.contacts) == 6 and len(client.places) == 7
+    assert not {w for n in client.contacts + client.places for w in n.split()} & bank.lexicon
+    assert "smith" in bank.lexicon and "london" in bank.lexicon and "call" in bank.lexicon
+
+
+# ---------------------------------------------------------------- engines, channel, errors
+
+
+@needs_debian
+def test_asterisk_prompts_are_normalised_multi_word():
+    prompts, missing = corpus.asterisk_prompts()
+    assert len(prompts) >= 270 and missing == 0
+    assert all(len(t.split()) > 2 and is_normalized(t) and Path(w).exists() for _, t, w in prompts)
+    keys = {k for k, _, _ in prompts}
+    assert "pls-try-call-later" in keys
+
+
+@needs_debian
+@pytest.mark.parametrize("accent", sorted(set(corpus.SERVER_ACCENTS) | set(corpus.USER_ACCENTS)))
+def test_espeak_variants_exist(accent, tmp_path):
+    """espeak-ng silently falls back to the bare accent for an unknown variant: every variant must change the audio."""
+    def render(voice):
+        wav = tmp_path / "v.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), "--", "hello there"], check=True)
+        return hashlib.sha256(wav.read_bytes()).hexdigest()
+
+    variants = corpus.SERVER_VARIANTS + (corpus.USER_VARIANTS if accent in corpus.USER_ACCENTS else ())
+    digests = [render(accent)] + [render(f"{accent}+{v}") for v in variants]
+    assert len(set(digests)) == len(digests)
+
+
+def test_channel_mixes_noise_at_the_requested_snr():
+    rng = np.random.default_rng(0)
+    speech = np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)
+    noisy = apply_channel(speech, Channel(noise="white", snr=10), rng)
+    snr = 10 * np.log10(np.mean(speech ** 2) / np.mean((noisy - speech) ** 2))
+    assert abs(snr - 10) < 0.1
+    phone = apply_channel(np.random.default_rng(1).standard_normal(SAMPLE_RATE), Channel(band=(300, 3400)), rng)
+    spectrum = np.abs(np.fft.rfft(phone)) ** 2
+    freqs = np.fft.rfftfreq(SAMPLE_RATE, 1 / SAMPLE_RATE)
+    assert spectrum[freqs > 5000].mean() < 0.01 * spectrum[(freqs > 500) & (freqs < 3000)].mean()
+
+
+def test_missing_engine_stops_before_synthesis(monkeypatch, tmp_path):
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "flite" else which(name, *a, **k))
+    if which("dpkg-query") is None:
+        pytest.skip("needs dpkg-query")
+    with pytest.raises(CorpusError, match=r"flite.*\n.*apt-get install -y .*flite"):
+        build_corpus("tiny", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        corpus.cli_main(["--profile", "tiny", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+
+
+@needs_debian
+def test_tts_failure_names_the_utterance(tmp_path):
+    corpus._init_worker(str(tmp_path), str(tmp_path), {})
+    (tmp_path / "audio" / "proxy_train").mkdir(parents=True)
+    job = Job("proxy_train_000007", "proxy_train", "call emma", "espeak", "zzz-not-a-voice", 50, 160, None, 1, "x")
+    with pytest.raises(CorpusError, match="proxy_train_000007.*espeak:zzz-not-a-voice"):
+        corpus._render(job, None)
+
+
+def test_text_is_passed_verbatim_to_the_engine(quick_plan, tmp_path):
+    for job in quick_plan.jobs["proxy_train"][:50]:
+        if job.engine in ("espeak", "flite"):
+            cmd = corpus._tts_command(job, tmp_path / "x.wav")
+            assert job.text in cmd and (job.engine != "espeak" or cmd[-2:] == ["--", job.text])
