@@ -1,0 +1,91 @@
+"""Experiment runners behind the notebooks: one call per notebook, configured by one TOML file.
+
+A federated experiment is the ASR task (`fedasr.asr_task`) + shared federated settings + named
+*variants* (each a set of ``fed``/``task`` overrides). Every variant is one Flower run on the
+in-process Simulation Engine, written to ``results/<experiment>/<variant>/``; the experiment's
+own ``summary.json`` (with ``config.json`` beside it) collects the variants' final metrics.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fedasr import asr_task, config as config_lib, results
+from fedasr.federated.core import FedConfig, FederatedConfig, RunSpec, TaskSpec
+
+__all__ = ["FederatedExperiment", "run_federated_experiment", "variant_rows"]
+
+
+@dataclass
+class FederatedExperiment:
+    """A set of federated runs that share a task and settings (``configs/federated/*.toml``)."""
+
+    experiment: str = "federated"  # results/<experiment>/
+    results_root: str = "results"
+    task: asr_task.ASRTaskConfig = field(default_factory=asr_task.ASRTaskConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    variants: dict[str, dict] = field(default_factory=lambda: {"fedsgd": {"fed": {"strategy": "fedsgd"}}})
+    concurrency: int = 2  # clients trained at once (one core and one torch thread each)
+
+
+def _variant_config(exp: FederatedExperiment, name: str) -> FederatedConfig:
+    """The `FederatedConfig` of one variant: the shared settings with its overrides (validated)."""
+    over = exp.variants[name]
+    unknown = set(over) - {"fed", "task"}
+    if unknown:
+        raise config_lib.ConfigError(f"variants.{name}: unknown table(s) {sorted(unknown)} (expected 'fed', 'task')")
+    fed = config_lib.from_dict(FedConfig, {**config_lib.to_dict(exp.fed), **over.get("fed", {})}, prefix=f"variants.{name}.fed")
+    task = config_lib.from_dict(asr_task.ASRTaskConfig, {**config_lib.to_dict(exp.task), **over.get("task", {})},
+                                prefix=f"variants.{name}.task")
+    # absolute paths: Flower's client processes may not share this process's working directory
+    task = replace(task, corpus=str(Path(task.corpus).resolve()), seed_model=str(Path(task.seed_model).resolve()),
+                   labels=task.labels if task.labels in ("hypotheses", "truth") else str(Path(task.labels).resolve()))
+    return FederatedConfig(fed=fed, task=TaskSpec(name="asr", params=config_lib.to_dict(task)),
+                           run=RunSpec(experiment=exp.experiment, run_id=name, results_root=exp.results_root))
+
+
+def run_federated_experiment(exp: FederatedExperiment, only: list[str] | None = None,
+                             rerun: bool = True) -> dict[str, results.RunDir]:
+    """Run every variant (or ``only`` those) and write ``results/<experiment>/summary.json``.
+
+    Args:
+        exp: the experiment.
+        only: variant names to run (default: all).
+        rerun: delete a variant's previous run folder first; ``False`` keeps finished runs as they are.
+    """
+    from fedasr.federated.launch import run_simulation
+
+    configs = {name: _variant_config(exp, name) for name in (only or list(exp.variants))}  # validate all first
+    # on-device labels the clients hold: the seed model's hypotheses, computed once
+    for cfg in configs.values():
+        task_cfg = config_lib.from_dict(asr_task.ASRTaskConfig, cfg.task.params)
+        if task_cfg.labels == "hypotheses":
+            asr_task.write_hypothesis_labels(task_cfg)
+    runs = {}
+    for name, cfg in configs.items():
+        folder = Path(exp.results_root) / exp.experiment / name
+        if folder.exists() and (rerun or not (folder / "summary.json").exists()):
+            shutil.rmtree(folder)
+        if (folder / "summary.json").exists():
+            runs[name] = results.RunDir(folder)
+            continue
+        print(f"experiment {exp.experiment}: variant {name} ({cfg.fed.strategy}, {cfg.fed.num_rounds} rounds)")
+        runs[name] = run_simulation(cfg, concurrency=exp.concurrency)
+    top = results.open_run(Path(exp.results_root) / exp.experiment, exp.experiment, exp, resume=True)
+    top.write_summary({"variants": variant_rows(runs), "synthetic_speech": True})
+    return runs
+
+
+def variant_rows(runs: dict[str, results.RunDir]) -> list[dict[str, Any]]:
+    """One row per variant: rounds, initial and final server-side metrics, bytes, failures."""
+    rows = []
+    for name, run in runs.items():
+        s = run.summary()
+        rows.append({"variant": name, "rounds": s.get("rounds_completed"), "initial": s.get("initial_eval"),
+                     "final": s.get("final_eval"), "bytes_down": s.get("bytes_down_total"),
+                     "bytes_up": s.get("bytes_up_total"), "clients_failed": s.get("clients_failed"),
+                     "wall_s": s.get("wall_s_total"), "run": str(run.path)})
+    return rows

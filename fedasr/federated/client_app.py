@@ -1,0 +1,110 @@
+"""fedasr ClientApp: unpack a Flower message, run the client update from `core`, pack the reply."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedasr.federated import core
+from fedasr.federated.core import FederatedConfig, FederatedTask
+from fedasr.federated.strategies import ANY_CLIENT, HOSTS_QUERY
+
+__all__ = ["make_client_app", "app", "hosted_clients"]
+
+TaskFactory = Callable[[], FederatedTask]
+CLIENT_DECLINED = 1  # Error code of a client that raised during its update (the reason names why)
+
+# One task and one model per process (a Ray actor or a SuperNode's ClientApp process serves many
+# clients): building the model once matters for the 130M-parameter ASR model.
+_RUNTIMES: dict[str, tuple[FederatedTask, torch.nn.Module]] = {}
+
+
+def _runtime(cfg: FederatedConfig, task_factory: TaskFactory | None) -> tuple[FederatedTask, torch.nn.Module]:
+    """Return this process's cached ``(task, model)`` for the run's task."""
+    key = json.dumps([cfg.task.name, cfg.task.params], sort_keys=True, default=str)
+    if task_factory is not None:
+        key = f"factory:{getattr(task_factory, '__qualname__', repr(task_factory))}:{key}"
+    if key not in _RUNTIMES:
+        task = task_factory() if task_factory is not None else core.make_task(cfg.task)
+        _RUNTIMES[key] = (task, task.build_model())
+    return _RUNTIMES[key]
+
+
+def _resolve(cfg: FederatedConfig | None, context: Context) -> FederatedConfig:
+    """Return the closed-over config (in-process simulation) or the one in ``context.run_config``."""
+    return cfg if cfg is not None else core.config_from_run_config(context.run_config)
+
+
+def hosted_clients(task: FederatedTask, node_config: dict) -> list[str] | str:
+    """Return the client ids this node hosts, from its ``--node-config``, or `ANY_CLIENT`.
+
+    ``client-ids="a,b,c"`` names them; ``partition-id=i num-partitions=P`` takes every P-th client of
+    the sorted population starting at i; neither means the node can read any client's data.
+    """
+    if "client-ids" in node_config:
+        return [c for c in str(node_config["client-ids"]).split(",") if c]
+    if "partition-id" in node_config and "num-partitions" in node_config:
+        pid, parts = int(node_config["partition-id"]), int(node_config["num-partitions"])
+        return [c for i, c in enumerate(sorted(task.client_ids())) if i % parts == pid]
+    return ANY_CLIENT
+
+
+def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = None,
+                 task_factory: TaskFactory | None = None) -> Message:
+    """Compute one client's update (FedSGD gradient or FedAvg delta) for a TRAIN message."""
+    torch.set_num_threads(1)  # one thread per client: 2 clients on 2 cores (DESIGN §6)
+    # Load the task, the model and the instructions
+    task, model = _runtime(_resolve(cfg, context), task_factory)
+    conf = msg.content["config"]
+    fed = core.fed_from_flat(conf)
+    client_id, client_seed = str(conf["client-id"]), int(conf["client-seed"])
+    global_state = msg.content["arrays"].to_torch_state_dict()
+    # Call the client update; a client that cannot train (no usable data, bad input, NaN) declines
+    # with a readable reason that the server records, instead of an opaque runtime exception
+    try:
+        update = core.client_update(task, model, client_id, global_state, fed, client_seed)
+    except Exception as e:  # noqa: BLE001 — any client failure must reach the server as a reason
+        return Message(Error(code=CLIENT_DECLINED, reason=f"{type(e).__name__}: {e}"[:500]), reply_to=msg)
+    # Construct and return the reply Message
+    metrics = MetricRecord({"num-examples": int(update.num_examples),
+                            **{k: float(v) for k, v in update.metrics.items()}})
+    content = RecordDict({"arrays": ArrayRecord({k: v.contiguous() for k, v in update.arrays.items()}),
+                          "metrics": metrics})
+    return Message(content, reply_to=msg)
+
+
+def handle_query(msg: Message, context: Context, cfg: FederatedConfig | None = None,
+                 task_factory: TaskFactory | None = None) -> Message:
+    """Answer the server's hosts query with the clients this node hosts."""
+    action = msg.content["config"]["action"] if "config" in msg.content else ""
+    if action != HOSTS_QUERY:
+        raise ValueError(f"unknown query action {action!r}")
+    task, _ = _runtime(_resolve(cfg, context), task_factory)
+    ids = hosted_clients(task, dict(context.node_config))
+    return Message(RecordDict({"config": ConfigRecord({"client-ids": json.dumps(ids)})}), reply_to=msg)
+
+
+def make_client_app(cfg: FederatedConfig | None = None, task_factory: TaskFactory | None = None) -> ClientApp:
+    """Return a ClientApp bound to ``cfg`` (in-process simulation) or reading ``context.run_config`` (None).
+
+    ``task_factory`` (optional, must be picklable) replaces building the task from ``cfg.task``.
+    """
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return handle_train(msg, context, cfg, task_factory)
+
+    @client_app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return handle_query(msg, context, cfg, task_factory)
+
+    return client_app
+
+
+# Loaded by `flwr run` / SuperNodes through [tool.flwr.app.components] (configuration from run_config)
+app = make_client_app()

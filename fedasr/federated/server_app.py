@@ -1,0 +1,149 @@
+"""fedasr ServerApp: resolve the config, build the task and strategy, run the rounds, write the records.
+
+Configuration reaches the ServerApp one of two ways (STYLE guideline 4):
+
+* in-process simulation (`fedasr.federated.launch.run_simulation`): `make_server_app` closes over the
+  resolved `FederatedConfig`, because ``flwr.simulation.run_simulation`` hands the app an empty
+  ``run_config``;
+* ``flwr run`` (local simulation federation or the Deployment Engine): the module-level ``app`` parses
+  ``context.run_config`` (``[tool.flwr.app.config]`` + ``--run-config`` overrides) with
+  `core.config_from_run_config` (through `fedasr.config.from_run_config`; unknown keys fail).
+
+Records (DESIGN §4): ``<results-root>/<experiment>/<run-id>/{config.json, rounds.jsonl, summary.json}``
+and ``checkpoints/server.pt`` (weights, server optimizer state, round, RNG state, config), from which
+``run.resume = true`` continues a run to the same weights an uninterrupted run reaches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from logging import INFO
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+
+from fedasr import results
+from fedasr.federated import core
+from fedasr.federated.core import FederatedConfig, FederatedTask
+from fedasr.federated.strategies import build_strategy
+
+__all__ = ["make_server_app", "app", "run_server", "checkpoint_path", "summarize_rounds"]
+
+CHECKPOINT = Path("checkpoints") / "server.pt"
+
+
+def checkpoint_path(run_dir: str | Path) -> Path:
+    """Return where a run keeps its server checkpoint."""
+    return Path(run_dir) / CHECKPOINT
+
+
+def _should_eval(fed: core.FedConfig, server_round: int) -> bool:
+    if fed.eval_every <= 0:
+        return False
+    return server_round == 0 or server_round % fed.eval_every == 0 or server_round == fed.num_rounds
+
+
+def run_server(grid: Grid, cfg: FederatedConfig,
+               task_factory: Callable[[], FederatedTask] | None = None) -> results.RunDir:
+    """Run federated training on ``grid`` as ``cfg`` says and return the run folder."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the clients own the cores; restored below (in-process simulation)
+    try:
+        return _run(grid, cfg, task_factory)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedTask] | None) -> results.RunDir:
+    fed = cfg.fed
+    # Build the task, the run folder and the initial global model
+    task = task_factory() if task_factory is not None else core.make_task(cfg.task)
+    run_id = cfg.run.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    ckpt_file = checkpoint_path(Path(cfg.run.results_root) / cfg.run.experiment / run_id)
+    resume = cfg.run.resume and ckpt_file.exists()
+    run = results.new_run(cfg.run.experiment, cfg, cfg.run.results_root, run_id, resume=cfg.run.resume)
+    model = task.build_model()
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    strategy = build_strategy(fed, task.client_ids(), weights, core.trainable_names(model))
+    start_round = 1
+    if resume:
+        ckpt = core.load_checkpoint(ckpt_file)
+        weights.update(ckpt["weights"])
+        strategy.server_opt.load_state_dict(ckpt["server_opt"])
+        core.restore_rng_state(ckpt["rng"])
+        start_round = ckpt["round"] + 1
+        log(INFO, "resuming %s after round %d", run.path, ckpt["round"])
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Evaluate the global model on the server every ``eval-every`` rounds."""
+        if not _should_eval(fed, server_round):
+            return None
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return MetricRecord({k: float(v) for k, v in task.evaluate(model).items()})
+
+    def on_round_end(server_round: int, arrays: ArrayRecord, record: dict) -> None:
+        """Append the round's record and write the checkpoint when due."""
+        run.log_round(record)
+        due = fed.checkpoint_every > 0 and (server_round % fed.checkpoint_every == 0 or server_round == fed.num_rounds)
+        if server_round > 0 and due:
+            core.save_checkpoint(ckpt_file, strategy.weights, strategy.server_opt.state_dict(), server_round,
+                                 core.capture_rng_state(), cfg)
+
+    # Run the rounds
+    t0 = time.perf_counter()
+    strategy.start(grid, ArrayRecord(weights), num_rounds=fed.num_rounds, timeout=fed.round_timeout_s,
+                   evaluate_fn=evaluate_fn, start_round=start_round, on_round_end=on_round_end)
+    summary = summarize_rounds(run.rounds())
+    summary.update(experiment=cfg.run.experiment, run_id=run_id, strategy=fed.strategy,
+                   resumed_after_round=start_round - 1 if resume else None,
+                   session_wall_s=time.perf_counter() - t0, checkpoint=str(ckpt_file))
+    run.write_summary(summary)
+    return run
+
+
+def summarize_rounds(rows: list[dict]) -> dict:
+    """Return whole-run totals from ``rounds.jsonl`` rows (the last row of a round wins after a resume)."""
+    by_round = {r["round"]: r for r in rows}
+    rounds = [by_round[k] for k in sorted(by_round) if k > 0]
+    evals = [(r["round"], r["eval"]) for r in (by_round[k] for k in sorted(by_round)) if r.get("eval")]
+    reasons = Counter(why.split(":")[0] for r in rounds for why in (r.get("failed") or {}).values())
+    ok = [r for r in rounds if r.get("status") == "ok"]
+    return {
+        "rounds_run": len(rounds),
+        "rounds_completed": len(ok),
+        "rounds_skipped": len(rounds) - len(ok),
+        "skip_reasons": {r["round"]: r.get("skip_reason") for r in rounds if r.get("status") != "ok"},
+        "last_round": rounds[-1]["round"] if rounds else 0,
+        "final_train_loss": ok[-1].get("train_loss") if ok else None,
+        "initial_eval": by_round[0]["eval"] if 0 in by_round and by_round[0].get("eval") else None,
+        "final_eval": evals[-1][1] if evals else None,
+        "final_eval_round": evals[-1][0] if evals else None,
+        "clients_sampled": sum(r.get("num_sampled", 0) for r in rounds),
+        "clients_failed": sum(r.get("num_failed", 0) for r in rounds),
+        "failure_reasons": dict(reasons),
+        "bytes_down_total": sum(r.get("bytes_down", 0) for r in rounds),
+        "bytes_up_total": sum(r.get("bytes_up", 0) for r in rounds),
+        "wall_s_total": sum(r.get("wall_s", 0.0) for r in rounds),
+    }
+
+
+def make_server_app(cfg: FederatedConfig | None = None,
+                    task_factory: Callable[[], FederatedTask] | None = None) -> ServerApp:
+    """Return a ServerApp bound to ``cfg`` (in-process simulation) or reading ``context.run_config`` (None)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        resolved = cfg if cfg is not None else core.config_from_run_config(context.run_config)
+        run_server(grid, resolved, task_factory)
+
+    return server_app
+
+
+# Loaded by `flwr run` through [tool.flwr.app.components] (configuration from run_config)
+app = make_server_app()

@@ -1,0 +1,289 @@
+"""Flower strategies for fedasr: FedSGD and FedAvg (+ server learning rate) over sampled *clients*.
+
+Flower samples *nodes*; the paper samples *clients* (users). Here a SuperNode is a worker that can
+train any client whose data it holds: the strategy samples K client ids per round (seeded by
+``(seed, round)``), sends one TRAIN message per client to a node that hosts it, and records everything
+per round. The maths (client updates, validation, aggregation, server optimizer) is in `core`.
+
+Which node hosts which client (``fed.node-data``):
+
+* ``"shared"``: every node can read every client's data (simulation; deployments with a shared
+  corpus). Sampled clients are spread round-robin over the connected nodes.
+* ``"partitioned"``: each node holds some clients, named by its ``--node-config`` (``client-ids`` or
+  ``partition-id``/``num-partitions``). The strategy first asks every node which clients it hosts
+  (one QUERY message each) and samples among those.
+
+Faults: an error reply (the ClientApp raised), a missing reply (timeout), or an update that
+`core.validate_update` rejects (NaN/Inf, wrong shape, unknown or missing variable) excludes that client
+and is recorded with its reason; with fewer than ``fed.min-successful-clients`` usable updates the round
+is skipped (global weights unchanged) and the reason recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from logging import INFO, WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result
+from flwr.supercore import log
+
+from fedasr.federated import core
+from fedasr.federated.core import FedConfig, Update
+
+__all__ = ["FedAsrStrategy", "FedSGD", "FedAvgServerLR", "build_strategy", "HOSTS_QUERY", "ANY_CLIENT"]
+
+HOSTS_QUERY = "hosts"  # QUERY action asking a node which clients it hosts
+ANY_CLIENT = "*"  # a node's answer meaning "I can train any client"
+
+
+class FedAsrStrategy(FedAvg):
+    """Client-sampling strategy base: configure/aggregate one round; subclasses define the server step.
+
+    Args:
+        fed: the federated config (sampling, faults, server optimizer).
+        client_ids: the population the server knows (``task.client_ids()``).
+        weights: the initial global state (all keys; updated in place as rounds complete).
+        trainable: names of the variables clients train and the server optimizer updates.
+    """
+
+    update_kind = "gradient"
+
+    def __init__(self, fed: FedConfig, client_ids: Sequence[str], weights: dict[str, torch.Tensor],
+                 trainable: Sequence[str]) -> None:
+        super().__init__(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=0,
+                         min_available_nodes=max(1, fed.min_nodes), weighted_by_key="num-examples")
+        self.fed = fed
+        self.client_ids = list(client_ids)
+        self.weights = weights
+        self.trainable = list(trainable)
+        self.reference_shapes = {n: tuple(weights[n].shape) for n in self.trainable}
+        self.server_opt = core.ServerOptimizer(weights, self.trainable, fed)
+        self.hosts: dict[str, int] | None = None  # client → node, after `discover_hosts` (partitioned)
+        self.record: dict[str, Any] = {}  # the current round's record (rounds.jsonl row)
+        self._sent: list[tuple[Message, str]] = []
+
+    # --- hooks for subclasses and later issues ----------------------------------------------------
+    def client_weight(self, update: Update) -> float:
+        """Return the aggregation weight ``a_i`` of an update (``n_i``; WCA overrides this, paper §2.5)."""
+        return float(update.num_examples)
+
+    def server_step(self, aggregated: dict[str, torch.Tensor]) -> None:
+        """Apply the aggregated update to ``self.weights`` (FedSGD / FedAvg define it)."""
+        raise NotImplementedError
+
+    # --- Flower Strategy API ------------------------------------------------------------------------
+    def summary(self) -> None:
+        """Log the strategy's configuration."""
+        f = self.fed
+        log(INFO, "\t├──> %s over %d clients: %d per round, min %d successful", type(self).__name__,
+            len(self.client_ids), f.clients_per_round, f.min_successful_clients)
+        log(INFO, "\t└──> server %s lr=%g momentum=%g; node data: %s", f.server_optimizer, f.server_lr,
+            f.server_momentum, f.node_data)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Sample clients for the round and build one TRAIN message per client."""
+        # Sample clients and the nodes that will train them
+        nodes = self._wait_for_nodes(grid)
+        pool = sorted(self.hosts) if self.hosts is not None else self.client_ids
+        sampled = core.sample_clients(pool, self.fed.clients_per_round, self.fed.seed, server_round)
+        # Build the messages: global arrays + this client's config
+        base = {**core.fed_to_flat(self.fed), **dict(config), "server-round": server_round}
+        self._sent = []
+        for i, cid in enumerate(sampled):
+            node = self.hosts[cid] if self.hosts is not None else nodes[i % len(nodes)]
+            cfg = ConfigRecord({**base, "client-id": cid,
+                                "client-seed": core.derive_seed("client", self.fed.seed, server_round, cid)})
+            msg = Message(RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=node,
+                          message_type=MessageType.TRAIN, group_id=str(server_round))
+            self._sent.append((msg, cid))
+        self.record.update(round=server_round, sampled=sampled, num_sampled=len(sampled),
+                           bytes_down=len(sampled) * core.payload_bytes(arrays))
+        log(INFO, "configure_train: round %d, %d clients on %d nodes", server_round, len(sampled), len(nodes))
+        return [m for m, _ in self._sent]
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate the replies, aggregate the usable updates and take one server optimizer step."""
+        # Match replies to the clients they answer (message ids are set when the grid pushes)
+        by_msg_id = {m.metadata.message_id: cid for m, cid in self._sent}
+        updates, failed, bytes_up, compute_s = [], {}, 0, {}
+        for reply in replies:
+            cid = by_msg_id.get(reply.metadata.reply_to_message_id)
+            if cid is None:
+                continue  # a late reply to an earlier round's message
+            update, reason, nbytes = self._parse_reply(reply, cid)
+            bytes_up += nbytes
+            if update is not None and "compute-s" in update.metrics:
+                compute_s[cid] = update.metrics["compute-s"]
+            if reason is None:
+                updates.append(update)
+            else:
+                failed[cid] = reason
+        for _, cid in self._sent:
+            if cid not in failed and all(u.client_id != cid for u in updates):
+                failed[cid] = "timeout"
+        self.record.update(succeeded=[u.client_id for u in updates], failed=failed, num_succeeded=len(updates),
+                           num_failed=len(failed), bytes_up=bytes_up, client_compute_s=compute_s,
+                           slowest_client_s=max(compute_s.values(), default=None))
+        for cid, why in failed.items():
+            log(WARNING, "round %d: client %s excluded (%s)", server_round, cid, why)
+        # Too few usable updates: skip the round (weights unchanged), do not crash
+        if len(updates) < self.fed.min_successful_clients:
+            reason = (f"{len(updates)} successful client(s) < min-successful-clients "
+                      f"{self.fed.min_successful_clients}")
+            self.record.update(status="skipped", skip_reason=reason)
+            log(WARNING, "round %d skipped: %s", server_round, reason)
+            return None, None
+        # Aggregate (in client-id order: results must not depend on reply arrival) and apply the server optimizer
+        updates.sort(key=lambda u: u.client_id)
+        agg = core.aggregate(updates, [self.client_weight(u) for u in updates])
+        self.server_step(agg)
+        n = sum(u.num_examples for u in updates)
+        loss = sum(u.metrics.get("loss", float("nan")) * u.num_examples for u in updates) / n
+        self.record.update(status="ok", train_loss=loss, num_examples=n)
+        return ArrayRecord(self.weights), MetricRecord({"loss": loss, "num-examples": n})
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Return no messages: evaluation is server-side (``evaluate_fn``), on the test sets."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Return None: there is no federated evaluation."""
+        return None
+
+    # --- the round loop ---------------------------------------------------------------------------
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None, *,
+              start_round: int = 1,
+              on_round_end: Callable[[int, ArrayRecord, dict], None] | None = None) -> Result:
+        """Run rounds ``start_round..num_rounds`` (Flower's loop plus records, resume and skipping).
+
+        ``on_round_end(round, arrays, record)`` receives each round's record (round 0 holds the initial
+        evaluation); the server app logs it and writes the checkpoint there.
+        """
+        del evaluate_config  # Unused: no federated evaluation
+        train_config = ConfigRecord() if train_config is None else train_config
+        result, arrays = Result(arrays=initial_arrays), initial_arrays
+        if self.fed.node_data == "partitioned" and self.hosts is None:
+            self.discover_hosts(grid, timeout)
+        if start_round == 1 and evaluate_fn is not None:
+            t0 = time.perf_counter()
+            res = evaluate_fn(0, arrays)
+            if res is not None:
+                result.evaluate_metrics_serverapp[0] = res
+                if on_round_end:
+                    on_round_end(0, arrays, {"round": 0, "status": "initial", "eval": dict(res),
+                                             "eval_s": time.perf_counter() - t0})
+        for rnd in range(start_round, num_rounds + 1):
+            log(INFO, "[ROUND %s/%s]", rnd, num_rounds)
+            self.record = {}
+            t0 = time.perf_counter()
+            replies = grid.send_and_receive(self.configure_train(rnd, arrays, train_config, grid), timeout=timeout)
+            agg_arrays, agg_metrics = self.aggregate_train(rnd, replies)
+            if agg_arrays is not None:
+                arrays = result.arrays = agg_arrays
+            if agg_metrics is not None:
+                result.train_metrics_clientapp[rnd] = agg_metrics
+            t1 = time.perf_counter()
+            res = evaluate_fn(rnd, arrays) if evaluate_fn is not None else None
+            if res is not None:
+                result.evaluate_metrics_serverapp[rnd] = res
+                self.record["eval"] = dict(res)
+            t2 = time.perf_counter()
+            self.record.update(train_s=t1 - t0, eval_s=t2 - t1, wall_s=t2 - t0)
+            if on_round_end:
+                on_round_end(rnd, arrays, dict(self.record))
+        return result
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def discover_hosts(self, grid: Grid, timeout: float) -> dict[str, int]:
+        """Ask every node which clients it hosts; keep the population's clients that some node hosts."""
+        nodes = self._wait_for_nodes(grid)
+        msgs = [Message(RecordDict({"config": ConfigRecord({"action": HOSTS_QUERY})}), dst_node_id=n,
+                        message_type=MessageType.QUERY) for n in nodes]
+        replies = list(grid.send_and_receive(msgs, timeout=timeout))
+        known, hosts, wildcard = set(self.client_ids), {}, []
+        for reply in replies:
+            if reply.has_error():
+                log(WARNING, "node %s did not answer the hosts query: %s", reply.metadata.src_node_id,
+                    reply.error.reason)
+                continue
+            ids = json.loads(str(reply.content["config"]["client-ids"]))
+            if ids == ANY_CLIENT:
+                wildcard.append(reply.metadata.src_node_id)
+                continue
+            for cid in ids:
+                if cid in known:
+                    hosts.setdefault(cid, reply.metadata.src_node_id)
+        for i, cid in enumerate(c for c in sorted(known) if c not in hosts and wildcard):
+            hosts[cid] = wildcard[i % len(wildcard)]
+        if not hosts:
+            raise RuntimeError("no connected node hosts any client of the population")
+        log(INFO, "discover_hosts: %d clients on %d nodes", len(hosts), len(set(hosts.values())))
+        self.hosts = hosts
+        return hosts
+
+    def _wait_for_nodes(self, grid: Grid) -> list[int]:
+        deadline = time.monotonic() + self.fed.node_wait_s
+        while len(nodes := sorted(grid.get_node_ids())) < max(1, self.fed.min_nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(nodes)} SuperNode(s) connected after {self.fed.node_wait_s:.0f} s; "
+                                   f"fed.min-nodes = {self.fed.min_nodes}")
+            time.sleep(0.5)
+        return nodes
+
+    def _parse_reply(self, reply: Message, cid: str) -> tuple[Update | None, str | None, int]:
+        """Return ``(update, reason to exclude or None, uploaded bytes)`` for one reply."""
+        if reply.has_error():
+            return None, f"error: {reply.error.reason}"[:300], 0
+        try:
+            record = reply.content["arrays"]
+            metrics = dict(reply.content["metrics"])
+            nbytes = core.payload_bytes(record)
+            arrays = {k: torch.from_numpy(v.numpy()) for k, v in record.items()}
+            update = Update(arrays, int(metrics.pop("num-examples")), metrics, cid, self.update_kind)
+        except Exception as e:  # a malformed reply must not end the round
+            return None, f"malformed-reply: {type(e).__name__}: {e}"[:300], 0
+        required = None if self.fed.allow_partial_updates else self.trainable
+        return update, core.validate_update(update, self.reference_shapes, required), nbytes
+
+
+class FedSGD(FedAsrStrategy):
+    """FedSGD (paper §2.3): clients upload ``g_i`` at the global weights; the server optimizer steps on ``G_t``."""
+
+    update_kind = "gradient"
+
+    def server_step(self, aggregated: dict[str, torch.Tensor]) -> None:
+        """Apply the server optimizer to the aggregated gradient ``G_t``."""
+        self.server_opt.step(self.weights, aggregated)
+
+
+class FedAvgServerLR(FedAsrStrategy):
+    """FedAvg / FedOpt: clients upload ``Δ_i``; the server optimizer steps on the pseudo-gradient ``−Δ̄``.
+
+    With server SGD, lr 1 and no momentum this is McMahan et al.'s FedAvg; other settings are FedAvgM or
+    FedAdam (Reddi et al. 2021).
+    """
+
+    update_kind = "delta"
+
+    def server_step(self, aggregated: dict[str, torch.Tensor]) -> None:
+        """Apply the server optimizer to ``−Δ̄``."""
+        self.server_opt.step(self.weights, {k: -v for k, v in aggregated.items()})
+
+
+def build_strategy(fed: FedConfig, client_ids: Sequence[str], weights: dict[str, torch.Tensor],
+                   trainable: Sequence[str]) -> FedAsrStrategy:
+    """Return the strategy ``fed.strategy`` names."""
+    cls = {"fedsgd": FedSGD, "fedavg": FedAvgServerLR}[fed.strategy]
+    return cls(fed, client_ids, weights, trainable)
+
