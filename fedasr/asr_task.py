@@ -27,7 +27,7 @@ import torch
 
 from fedasr import config as config_lib
 from fedasr import data as data_lib
-from fedasr import train
+from fedasr import refinement, train
 from fedasr.data import Batch, DataError, SkipReport, Utterance
 
 __all__ = ["ASRTaskConfig", "ASRTask", "make_asr_task", "write_hypothesis_labels", "read_labels",
@@ -45,6 +45,10 @@ class ASRTaskConfig:
     eval_splits: list[str] = field(default_factory=lambda: ["user_test", "proxy_test"])  # server-side eval
     eval_max_utterances: int = 0  # cap per eval split (0 = all), first N in manifest order
     max_client_utterances: int = 0  # cap per client and round (0 = all; a device-time budget)
+    min_corrections: int = 0  # client selection (paper §2.5): only clients with ≥ m user corrections
+    #   in their label store take part (0 = every client). In a deployment each device reports this
+    #   count when it checks in; the simulation reads it from the devices' label stores.
+    wca_buckets: int = 1024  # hashed corrected-word histogram a client reports for WCA (fedasr.refinement)
 
 
 def hypothesis_labels_path(cfg: ASRTaskConfig) -> Path:
@@ -108,11 +112,19 @@ class ASRTask:
         model, self.tokenizer, self.fcfg, _ = train.load_checkpoint(cfg.seed_model)
         self._model_config = model.config
         self._seed_state = model.state_dict()
+        self._store: dict[str, list[dict]] = {}  # correction label-store lines per client (refinement)
         if cfg.labels == "truth":
             self._labels = None
         else:
             path = hypothesis_labels_path(cfg) if cfg.labels == "hypotheses" else Path(cfg.labels)
             self._labels = read_labels(path)
+            for line in Path(path).read_text().splitlines():
+                d = json.loads(line) if line.strip() else {}
+                if "correction" in d and "client" in d:
+                    self._store.setdefault(d["client"], []).append(d)
+        if cfg.min_corrections > 0 and not self._store:
+            raise DataError(f"task.params.min-corrections = {cfg.min_corrections} needs a correction label store "
+                            f"(fedasr.refinement.write_label_store), got labels = {cfg.labels!r}")
         self.skips = SkipReport()
 
     # --- FederatedTask -------------------------------------------------------------------------
@@ -123,8 +135,18 @@ class ASRTask:
         return model
 
     def client_ids(self) -> list[str]:
-        """Client ids of ``train_split`` in sorted order."""
+        """Client ids of ``train_split`` in sorted order (only those with ≥ ``min_corrections`` corrections)."""
+        if self.cfg.min_corrections > 0:
+            counts = refinement.correction_counts(line for lines in self._store.values() for line in lines)
+            eligible = set(refinement.eligible_clients(counts, self.cfg.min_corrections))
+            return sorted(c for c in self._by_client if c in eligible)
         return sorted(self._by_client)
+
+    def client_metrics(self, client_id: str) -> dict:
+        """Statistics the device reports with its update (WCA histogram and counts; empty without corrections)."""
+        if client_id not in self._store:
+            return {}
+        return refinement.client_round_stats(self._store[client_id], client_id, self.cfg.wca_buckets).to_metrics()
 
     def num_examples(self, client_id: str) -> int:
         """Utterances of the client that have a usable (non-empty) on-device label."""
@@ -150,6 +172,8 @@ class ASRTask:
         Raises ``ValueError`` when nothing usable is left (the client declines the round).
         """
         utts = self._labelled(client_id)
+        if not utts and client_id in self._store:  # a selected device whose filter kept nothing declines
+            refinement.client_round_stats(self._store[client_id], client_id, self.cfg.wca_buckets)
         order = np.random.default_rng(seed).permutation(len(utts))
         utts = [utts[i] for i in order]
         feats = train.featurize(utts, self.fcfg, self.skips)
@@ -175,7 +199,9 @@ class ASRTask:
         return self._val_model
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        """Greedy WER on each eval split (``wer_<split>``), plus ``wer_new_terms`` of ``user_test``."""
+        """Greedy WER/CER on each eval split (``wer_user``, ``wer_proxy``, ``wer_user_heldout``), plus the
+        new-terms subsets: ``wer_new_terms`` (unseen users, ``user_test``) and ``wer_new_terms_seen``
+        (held-out utterances of training clients, whose own names FL can learn)."""
         out = {}
         for split, utts in self._eval.items():
             if split not in self._eval_feats:
@@ -184,8 +210,11 @@ class ASRTask:
             name = split.replace("_test", "")
             out[f"wer_{name}"] = rep.get("wer")
             out[f"cer_{name}"] = rep.get("cer")
-            if split == "user_test" and "new_terms" in rep.get("subsets", {}):
-                out["wer_new_terms"] = rep["subsets"]["new_terms"]["wer"]
+            new_terms = rep.get("subsets", {}).get("new_terms", {}).get("wer")
+            if split == "user_test" and new_terms is not None:  # unseen users' own names and places
+                out["wer_new_terms"] = new_terms
+            if split == "user_heldout" and new_terms is not None:  # seen users' own names, new utterances
+                out["wer_new_terms_seen"] = new_terms
         return out
 
 

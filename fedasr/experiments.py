@@ -89,3 +89,95 @@ def variant_rows(runs: dict[str, results.RunDir]) -> list[dict[str, Any]]:
                      "bytes_up": s.get("bytes_up_total"), "clients_failed": s.get("clients_failed"),
                      "wall_s": s.get("wall_s_total"), "run": str(run.path)})
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Quality from user corrections (paper §2.5; DESIGN E4)
+
+
+@dataclass
+class QualityExperiment:
+    """The ablation of ``results/quality/wer.json`` (``configs/quality/quick.toml``).
+
+    Every variant federates from the same seed model with the same rounds, clients per round and
+    simulated users (``corrections``); variants differ in which labels devices train on
+    (``labels``: a `fedasr.refinement.LABEL_MODES` mode), client selection (``min-corrections``) and
+    aggregation weights (``fed.weighting``).
+    """
+
+    experiment: str = "quality"
+    results_root: str = "results"
+    task: asr_task.ASRTaskConfig = field(default_factory=asr_task.ASRTaskConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    corrections: Any = None  # fedasr.corrections.CorrectionConfig (None = its defaults)
+    filter: Any = None  # fedasr.refinement.FilterConfig (None = its defaults)
+    variants: dict[str, dict] = field(default_factory=dict)  # name → {labels, min-corrections, fed: {...}}
+    concurrency: int = 2
+
+    def __post_init__(self) -> None:
+        from fedasr import corrections, refinement
+
+        if not isinstance(self.corrections, corrections.CorrectionConfig):
+            self.corrections = config_lib.from_dict(corrections.CorrectionConfig, self.corrections or {},
+                                                    prefix="corrections")
+        if not isinstance(self.filter, refinement.FilterConfig):
+            self.filter = config_lib.from_dict(refinement.FilterConfig, self.filter or {}, prefix="filter")
+        for name, v in self.variants.items():
+            unknown = set(v) - {"labels", "min-corrections", "fed"}
+            if unknown:
+                raise config_lib.ConfigError(f"variants.{name}: unknown key(s) {sorted(unknown)} "
+                                             "(expected labels, min-corrections, fed)")
+            if v.get("labels", "filtered") not in refinement.LABEL_MODES:
+                raise config_lib.ConfigError(f"variants.{name}.labels: {v.get('labels')!r} is not one of "
+                                             f"{refinement.LABEL_MODES}")
+
+
+def run_quality_experiment(exp: QualityExperiment, rerun: bool = True) -> list[dict]:
+    """Simulate corrections, write each variant's label store, federate each variant, write ``wer.json``.
+
+    Steps: (1) the seed model decodes every ``user_train`` utterance — what each phone showed;
+    (2) simulated users correct some of those transcripts (ground truth used only to simulate them);
+    (3) per variant, the devices' label store (hypotheses / committed / corrected / filtered);
+    (4) one federated run per variant; (5) rows ``{variant, rounds, wer_user, wer_new_terms, wer_proxy}``,
+    the seed model first and the full refinement last, in ``results/<experiment>/wer.json``.
+    """
+    from fedasr import corrections, data as data_lib, refinement
+
+    root = Path(exp.results_root) / exp.experiment
+    top = results.open_run(root, exp.experiment, exp, resume=True)
+    # (1) + (2): what the phones showed, and what the users typed
+    task_cfg = replace(exp.task, labels="hypotheses")
+    hyps = asr_task.read_labels(asr_task.write_hypothesis_labels(task_cfg))
+    utts = data_lib.load_corpus(exp.task.corpus, splits=[exp.task.train_split])[exp.task.train_split]
+    records = corrections.simulate_corrections(utts, hyps, exp.corrections)
+    corrections.write_records(root / "corrections.jsonl", records)
+    # (3) + (4): one label store and one federated run per variant
+    fed_exp = FederatedExperiment(experiment=exp.experiment, results_root=exp.results_root, task=exp.task,
+                                  fed=exp.fed, variants={}, concurrency=exp.concurrency)
+    stores = {}
+    for name, v in exp.variants.items():
+        store = root / "labels" / f"{name}.jsonl"
+        stores[name] = refinement.write_label_store(store, records, v.get("labels", "filtered"), exp.filter)
+        fed_exp.variants[name] = {"fed": v.get("fed", {}),
+                                  "task": {"labels": str(store), "min-corrections": v.get("min-corrections", 0)}}
+    runs = run_federated_experiment(fed_exp, rerun=rerun)
+    # (5): the table
+    first = next(iter(runs.values())).summary()
+    rows = [_quality_row("seed", 0, first.get("initial_eval") or {})]
+    for name, run in runs.items():
+        s = run.summary()
+        rows.append(_quality_row(name, s.get("rounds_completed"), s.get("final_eval") or {}))
+        rows[-1].update(clients_eligible=stores[name]["clients_labelled"], labelled=stores[name]["labelled"],
+                        clients_failed=s.get("clients_failed"), run=str(run.path))
+    results.write_json(root / "wer.json", rows)
+    top.write_summary({"rows": rows, "corrections": corrections.summarize(records),
+                       "filter": refinement.filter_report(records, exp.filter),
+                       "label_stores": stores, "synthetic_speech": True})
+    return rows
+
+
+def _quality_row(variant: str, rounds: int | None, ev: dict) -> dict:
+    return {"variant": variant, "rounds": rounds, "wer_user": ev.get("wer_user"),
+            "wer_new_terms": ev.get("wer_new_terms_seen", ev.get("wer_new_terms")),
+            "wer_proxy": ev.get("wer_proxy"), "wer_user_heldout": ev.get("wer_user_heldout"),
+            "wer_new_terms_unseen": ev.get("wer_new_terms")}

@@ -41,7 +41,7 @@ from fedasr.data import normalize_text
 
 __all__ = [
     "DROP_REASONS", "DECLINE_REASONS", "LABEL_MODES", "WCA_METHODS", "ClientDeclined", "FilterConfig",
-    "WCAConfig", "RefinementConfig", "QualityConfig", "check_correction", "FilterResult",
+    "check_correction", "FilterResult",
     "filter_corrections", "device_training_set", "label_store_lines", "write_label_store",
     "read_label_store", "correction_counts", "eligible_clients", "corrected_words", "word_bucket",
     "ClientStats", "client_stats", "client_round_stats", "wca_weights", "filter_report",
@@ -363,21 +363,6 @@ def client_round_stats(lines: Iterable[Mapping], client_id: str, buckets: int = 
 # ---------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class WCAConfig:
-    """Which WCA weighting the server uses (``[refinement.wca]``); see `wca_weights`."""
-
-    method: str = "frequency"  # one of WCA_METHODS; "examples" = FedAvg's n_i (no WCA)
-    buckets: int = 1024  # corrected-word histogram size (collisions ≈ 7% at ~150 distinct words/round)
-    power: float = 1.0  # γ: sharpens ("frequency", "loss") scores; 0 turns them off
-
-    def __post_init__(self) -> None:
-        if self.method not in WCA_METHODS:
-            raise ValueError(f"unknown WCA method {self.method!r}: use one of {WCA_METHODS}")
-        if self.buckets < 1:
-            raise ValueError("buckets must be >= 1")
-
-
 def wca_weights(stats: Sequence[ClientStats], method: str = "frequency", *,
                 num_examples: Sequence[float] | None = None, losses: Sequence[float] | None = None,
                 power: float = 1.0) -> list[float]:
@@ -446,30 +431,6 @@ def _usable(a: np.ndarray, n: np.ndarray, method: str) -> list[float]:
 # ---------------------------------------------------------------------------------------------------
 # Configuration of an ablation row, and analysis
 # ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RefinementConfig:
-    """One ablation row's refinement (``[refinement]``): labels, client selection, filter, WCA."""
-
-    labels: str = "filtered"  # one of LABEL_MODES
-    min_corrections: int = 1  # client selection: ≥ m corrections (paper: "clients with corrections"); 0 = off
-    filter: FilterConfig = field(default_factory=FilterConfig)
-    wca: WCAConfig = field(default_factory=WCAConfig)
-
-    def __post_init__(self) -> None:
-        if self.labels not in LABEL_MODES:
-            raise ValueError(f"unknown labels {self.labels!r}: use one of {LABEL_MODES}")
-        if self.min_corrections < 0:
-            raise ValueError("min_corrections must be >= 0")
-
-
-@dataclass
-class QualityConfig:
-    """The user-corrections experiment's own knobs: ``[corrections]`` and ``[refinement]`` tables."""
-
-    corrections: CorrectionConfig = field(default_factory=CorrectionConfig)
-    refinement: RefinementConfig = field(default_factory=RefinementConfig)
 
 
 def filter_report(records: Sequence[Mapping], cfg: FilterConfig | None = None) -> dict:

@@ -297,15 +297,15 @@ def test_filter_report_counts_what_filtering_removed():
     assert rep["correct_kept"] == 0.5 and rep["precision"] == 0.5
 
 
-def test_ablation_configs_load():
-    paths = sorted(Path(__file__).parents[1].joinpath("configs", "quality").glob("*.toml"))
-    assert len(paths) >= 5
-    rows = {p.stem: config.load(R.QualityConfig, p) for p in paths}
-    assert rows["no_refinement"].refinement.labels == "hypotheses"
-    assert rows["no_refinement"].refinement.min_corrections == 0
-    assert rows["wca_frequency"].refinement.wca.method == "frequency"
-    assert len({str(r.corrections) for r in rows.values()}) == 1  # every row simulates the same users
+def test_quality_ablation_config_loads_and_rejects_typos():
+    from fedasr import experiments
+
+    path = Path(__file__).parents[1] / "configs" / "quality" / "quick.toml"
+    exp = config.load(experiments.QualityExperiment, path)
+    assert list(exp.variants)[0] == "no_refinement" and list(exp.variants)[-1] == "wca_frequency"
+    assert exp.variants["no_refinement"]["labels"] == "hypotheses"
+    assert exp.variants["wca_frequency"]["fed"]["weighting"] == "frequency"
     with pytest.raises(config.ConfigError, match="max-char-edt"):
-        config.from_dict(R.QualityConfig, {"refinement": {"filter": {"max-char-edt": 0.5}}})
-    with pytest.raises(config.ConfigError):
-        config.from_dict(R.QualityConfig, {"refinement": {"wca": {"method": "median"}}})
+        config.load(experiments.QualityExperiment, path, {"filter.max-char-edt": 0.5})
+    with pytest.raises(config.ConfigError, match="labels"):
+        config.load(experiments.QualityExperiment, path, {"variants.selection.labels": "median"})

@@ -71,7 +71,8 @@ def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = N
         return Message(Error(code=CLIENT_DECLINED, reason=f"{type(e).__name__}: {e}"[:500]), reply_to=msg)
     # Construct and return the reply Message
     metrics = MetricRecord({"num-examples": int(update.num_examples),
-                            **{k: float(v) for k, v in update.metrics.items()}})
+                            **{k: v if isinstance(v, (int, list)) else float(v)
+                               for k, v in update.metrics.items()}})
     content = RecordDict({"arrays": ArrayRecord({k: v.contiguous() for k, v in update.arrays.items()}),
                           "metrics": metrics})
     return Message(content, reply_to=msg)

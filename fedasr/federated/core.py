@@ -133,6 +133,10 @@ class FedConfig:
     checkpoint_every: int = 1  # write the server checkpoint every k rounds (and after the last)
     min_nodes: int = 1  # wait for this many connected SuperNodes before the first round
     node_wait_s: float = 120.0  # ... for at most this long (then fail with a clear error)
+    weighting: str = "examples"  # aggregation weights a_i: "examples" (n_i, FedAvg) or a WCA method of
+    #   fedasr.refinement.WCA_METHODS ("frequency", "loss", ...) computed from client-sent statistics (§2.5)
+    wca_buckets: int = 1024  # size of the hashed corrected-word histogram clients send for WCA
+    wca_power: float = 1.0  # γ sharpening the WCA score (0 = plain n_i)
 
     def __post_init__(self) -> None:
         if self.num_rounds < 0 or self.clients_per_round < 1 or self.min_successful_clients < 1:
@@ -141,6 +145,10 @@ class FedConfig:
             raise ValueError("micro-batch and local-epochs must be >= 1")
         if self.round_timeout_s <= 0:
             raise ValueError("round-timeout-s must be > 0")
+        from fedasr.refinement import WCA_METHODS  # plain Python: no Flower/torch import cycle
+
+        if self.weighting not in WCA_METHODS:
+            raise ValueError(f"weighting must be one of {WCA_METHODS}, got {self.weighting!r}")
 
 
 @dataclass
@@ -400,6 +408,8 @@ def client_update(
             update = fedavg_client_update(model, global_state, per_epoch, cfg, client_id)
         else:
             raise ValueError(f"unknown strategy {cfg.strategy!r}")
+    if hasattr(task, "client_metrics"):  # e.g. WCA statistics the device reports (paper §2.5)
+        update.metrics.update(task.client_metrics(client_id))
     update.metrics["compute-s"] = time.perf_counter() - t0
     return update
 

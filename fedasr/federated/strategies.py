@@ -73,6 +73,22 @@ class FedAsrStrategy(FedAvg):
         """Return the aggregation weight ``a_i`` of an update (``n_i``; WCA overrides this, paper §2.5)."""
         return float(update.num_examples)
 
+    def round_weights(self, updates: Sequence[Update]) -> list[float]:
+        """Return the round's aggregation weights: ``n_i`` (``fed.weighting="examples"``) or WCA.
+
+        WCA (paper §2.5) needs the whole round: the frequency weighting scores each client's corrected
+        words against the other clients' of the same round. It uses only what clients sent
+        (`fedasr.refinement.ClientStats` in their metrics, and their training loss).
+        """
+        if self.fed.weighting == "examples":
+            return [self.client_weight(u) for u in updates]
+        from fedasr import refinement
+
+        stats = [refinement.ClientStats.from_metrics(u.metrics, self.fed.wca_buckets) for u in updates]
+        return refinement.wca_weights(stats, self.fed.weighting, num_examples=[u.num_examples for u in updates],
+                                      losses=[u.metrics.get("loss", float("nan")) for u in updates],
+                                      power=self.fed.wca_power)
+
     def server_step(self, aggregated: dict[str, torch.Tensor]) -> None:
         """Apply the aggregated update to ``self.weights`` (FedSGD / FedAvg define it)."""
         raise NotImplementedError
@@ -143,7 +159,9 @@ class FedAsrStrategy(FedAvg):
             return None, None
         # Aggregate (in client-id order: results must not depend on reply arrival) and apply the server optimizer
         updates.sort(key=lambda u: u.client_id)
-        agg = core.aggregate(updates, [self.client_weight(u) for u in updates])
+        weights = self.round_weights(updates)
+        self.record["weights"] = {u.client_id: w for u, w in zip(updates, weights)}
+        agg = core.aggregate(updates, weights)
         self.server_step(agg)
         n = sum(u.num_examples for u in updates)
         loss = sum(u.metrics.get("loss", float("nan")) * u.num_examples for u in updates) / n
@@ -254,7 +272,15 @@ class FedAsrStrategy(FedAvg):
         except Exception as e:  # a malformed reply must not end the round
             return None, f"malformed-reply: {type(e).__name__}: {e}"[:300], 0
         required = None if self.fed.allow_partial_updates else self.trainable
-        return update, core.validate_update(update, self.reference_shapes, required), nbytes
+        reason = core.validate_update(update, self.reference_shapes, required)
+        if reason is None and self.fed.weighting != "examples":
+            from fedasr import refinement
+
+            try:  # WCA needs the client's statistics: a reply without usable ones is excluded, counted
+                refinement.ClientStats.from_metrics(update.metrics, self.fed.wca_buckets)
+            except Exception as e:  # noqa: BLE001
+                reason = f"bad-wca-stats: {type(e).__name__}: {e}"[:300]
+        return update, reason, nbytes
 
 
 class FedSGD(FedAsrStrategy):
