@@ -49,7 +49,7 @@ notebooks: setup  ## execute every notebook with papermill → results/notebooks
 	@mkdir -p results/notebooks
 	@for nb in $(NOTEBOOKS); do \
 	  echo "papermill $$nb"; \
-	  $(PY) -m papermill --cwd notebooks notebooks/$$nb results/notebooks/$$nb --log-output $(PM_FLAGS) || exit 1; \
+	  $(PY) -m papermill --cwd . notebooks/$$nb results/notebooks/$$nb --log-output $(PM_FLAGS) || exit 1; \
 	done
 
 reproduce: setup data summary seed notebooks  ## the main job: everything from a fresh clone (quick profile, CPU)

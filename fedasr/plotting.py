@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: notebooks under papermill and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["seed_training_curves", "wer_by_test_set"]
+__all__ = ["seed_training_curves", "wer_by_test_set", "federated_curves", "quality_table"]
 
 
 def _save(fig, out: str | Path | None) -> None:
@@ -45,6 +45,53 @@ def wer_by_test_set(summary: dict, out: str | Path | None = None, title: str = "
     bars = ax.bar(names, vals, color=["#4477aa", "#ee6677", "#aa3377", "#228833", "#bbbbbb"][: len(names)])
     ax.bar_label(bars, fmt="%.1f")
     ax.set(ylabel="WER %", title=title)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, out)
+    return fig
+
+
+def federated_curves(runs: dict[str, Sequence[dict]], metrics: Sequence[str] = ("wer_user", "wer_proxy"),
+                     out: str | Path | None = None, title: str = "Federated training"):
+    """Server-side eval metrics and cumulative bytes against rounds, one line per run (``rounds.jsonl`` rows)."""
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4.2 * (len(metrics) + 1), 3.5))
+    for name, rows in runs.items():
+        ev = [r for r in rows if r.get("eval")]
+        for ax, m in zip(axes, metrics):
+            pts = [(r["round"], 100 * r["eval"][m]) for r in ev if r["eval"].get(m) is not None]
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=name)
+        up, cum = [], 0
+        for r in rows:
+            if r.get("round", 0) > 0:
+                cum += r.get("bytes_down", 0) + r.get("bytes_up", 0)
+                up.append((r["round"], cum / 2**20))
+        if up:
+            axes[-1].plot(*zip(*up), label=name)
+    for ax, m in zip(axes, metrics):
+        ax.set(xlabel="round", ylabel=f"{m} %", title=f"{title}: {m}")
+    axes[-1].set(xlabel="round", ylabel="MiB (down + up, all clients)", title="transport")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, out)
+    return fig
+
+
+def quality_table(rows: Sequence[dict], out: str | Path | None = None,
+                  title: str = "User corrections: WER by variant"):
+    """Grouped bars of ``results/quality/wer.json`` rows (user, new terms, proxy)."""
+    import numpy as np
+
+    cols = [("wer_user", "user (unseen users)"), ("wer_new_terms", "new terms (seen users)"), ("wer_proxy", "proxy")]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.8))
+    for i, (key, label) in enumerate(cols):
+        vals = [100 * r[key] if r.get(key) is not None else 0 for r in rows]
+        bars = ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=label)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(x, [r["variant"] for r in rows], rotation=20)
+    ax.set(ylabel="WER %", title=title)
+    ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     _save(fig, out)
     return fig

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 __all__ = [
+    "REPO_ROOT",
     "RunDir",
     "new_run",
     "open_run",
@@ -34,6 +35,9 @@ __all__ = [
     "environment_info",
     "git_commit",
 ]
+
+# The repository root: notebooks chdir here so every path in configs is relative to one place.
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 TRACKED_PACKAGES = (
     "torch", "torchaudio", "flwr", "ray", "numpy", "scipy", "soundfile", "sentencepiece", "jiwer",

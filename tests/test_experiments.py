@@ -1,0 +1,50 @@
+"""Experiment runners: config validation (fast) and one end-to-end quality ablation on Flower (slow)."""
+
+import json
+
+import pytest
+
+from fedasr import config, experiments
+from fedasr.config import ConfigError
+
+
+def test_variant_config_merges_and_validates(tmp_path):
+    exp = experiments.FederatedExperiment(variants={"a": {"fed": {"strategy": "fedavg", "client-lr": 0.1}},
+                                                    "b": {"task": {"labels": "truth"}}})
+    a = experiments._variant_config(exp, "a")
+    assert a.fed.strategy == "fedavg" and a.fed.client_lr == 0.1 and a.task.name == "asr"
+    assert a.run.run_id == "a" and a.task.params["labels"] == "hypotheses"
+    assert experiments._variant_config(exp, "b").task.params["labels"] == "truth"
+    bad = experiments.FederatedExperiment(variants={"x": {"fed": {"stratgy": "fedavg"}}})
+    with pytest.raises(ConfigError, match="variants.x.fed.stratgy"):
+        experiments._variant_config(bad, "x")
+    with pytest.raises(ConfigError, match="weighting"):
+        experiments._variant_config(experiments.FederatedExperiment(variants={"x": {"fed": {"weighting": "idf"}}}), "x")
+
+
+def test_quality_experiment_rejects_unknown_variant_keys():
+    with pytest.raises(ConfigError, match="variants.v: unknown key"):
+        experiments.QualityExperiment(variants={"v": {"label": "filtered"}})
+    with pytest.raises(ConfigError, match="corrections.p-wrng"):
+        config.from_dict(experiments.QualityExperiment, {"corrections": {"p-wrng": 0.1}})
+
+
+@pytest.mark.slow
+def test_quality_ablation_end_to_end_on_flower(fake_corpus, fake_seed, tmp_path):
+    exp = config.from_dict(experiments.QualityExperiment, {
+        "results-root": str(tmp_path), "task": {"corpus": str(fake_corpus), "seed-model": str(fake_seed / "model"),
+                                                "eval-splits": ["user_test", "proxy_test"]},
+        "fed": {"strategy": "fedavg", "num-rounds": 1, "clients-per-round": 2, "micro-batch": 4, "eval-every": 1},
+        "corrections": {"never-fraction": 0.0, "p-base": 1.0},  # every user corrects: the tiny corpus needs them
+        "variants": {"no_refinement": {"labels": "hypotheses"},
+                     "wca_frequency": {"labels": "committed", "min-corrections": 1,
+                                       "fed": {"weighting": "frequency"}}}})
+    rows = experiments.run_quality_experiment(exp)
+    assert [r["variant"] for r in rows] == ["seed", "no_refinement", "wca_frequency"]
+    assert all(set(r) >= {"variant", "rounds", "wer_user", "wer_new_terms", "wer_proxy"} for r in rows)
+    on_disk = json.loads((tmp_path / "quality" / "wer.json").read_text())
+    assert on_disk == json.loads(json.dumps(rows))
+    assert (tmp_path / "quality" / "config.json").exists() and (tmp_path / "quality" / "summary.json").exists()
+    rounds = [json.loads(x) for x in (tmp_path / "quality" / "wca_frequency" / "rounds.jsonl").read_text().splitlines()]
+    ok = [r for r in rounds if r.get("status") == "ok"]
+    assert ok and all(r["weights"] for r in ok)  # WCA weights recorded per client
