@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -340,6 +341,7 @@ def train_seed(cfg: SeedConfig, out: str | Path = "results/seed", resume: bool =
         if out.exists():
             for name in ("rounds.jsonl", "summary.json"):
                 (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / "labels", ignore_errors=True)  # hypotheses of a previous seed are stale
         run = results.open_run(out, "seed", cfg, resume=True)
         tcfg = cfg.tokenizer or TOKENIZER_PRESETS.get(cfg.preset, TokenizerConfig())
         tokenizer = build_tokenizer(tcfg, [u.text for u in corpus["proxy_train"]])

@@ -118,7 +118,7 @@ def test_faulty_clients_are_excluded_and_counted(tmp_path):
     assert r1["num_failed"] == 4 and r1["num_succeeded"] == 8 and len(r1["succeeded"]) == 8
     assert all(torch.isfinite(v).all() for v in _final_weights(run).values())
     s = run.summary()
-    assert s["clients_failed"] == 4 and s["failure_reasons"] == {"error": 1, "non-finite": 1, "shape-mismatch": 1,
+    assert s["clients_failed"] == 4 and s["failure_reasons"] == {"error: RuntimeError": 1, "non-finite": 1, "shape-mismatch": 1,
                                                                  "timeout": 1}
 
 

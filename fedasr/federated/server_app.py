@@ -106,12 +106,18 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
     return run
 
 
+def _reason_kind(why: str) -> str:
+    """A failure's kind for counting: ``"timeout"``, ``"non-finite"``, or ``"error: <ExceptionType>"``."""
+    parts = why.split(": ")
+    return ": ".join(parts[:2]) if parts[0] == "error" and len(parts) > 1 else why.split(":")[0]
+
+
 def summarize_rounds(rows: list[dict]) -> dict:
     """Return whole-run totals from ``rounds.jsonl`` rows (the last row of a round wins after a resume)."""
     by_round = {r["round"]: r for r in rows}
     rounds = [by_round[k] for k in sorted(by_round) if k > 0]
     evals = [(r["round"], r["eval"]) for r in (by_round[k] for k in sorted(by_round)) if r.get("eval")]
-    reasons = Counter(why.split(":")[0] for r in rounds for why in (r.get("failed") or {}).values())
+    reasons = Counter(_reason_kind(why) for r in rounds for why in (r.get("failed") or {}).values())
     ok = [r for r in rounds if r.get("status") == "ok"]
     return {
         "rounds_run": len(rounds),
