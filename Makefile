@@ -17,7 +17,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: help setup system-deps data summary seed notebooks reproduce test test-all clean-data
+.PHONY: help setup system-deps data summary seed efficiency notebooks reproduce test test-all clean-data
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ summary: data  ## corpus summary → results/data/<profile>_summary.json
 
 seed: data  ## seed model (central pretraining on proxy data); retrained only if config/corpus changed
 	$(PY) -m fedasr.train --config configs/seed/$(PROFILE).toml --out $(SEED_DIR) --if-stale
+
+efficiency: setup  ## device-budget table at 129M (fresh process per row) → results/efficiency/
+	$(PY) bench/efficiency.py --config configs/efficiency/paper.toml
 
 NOTEBOOKS := $(notdir $(wildcard notebooks/[0-9]*.ipynb))
 PM_FLAGS  ?=

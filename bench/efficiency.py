@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from fedasr import compression, memory, omc, partial  # noqa: E402
+from fedasr import compression, memory, omc, partial, plotting  # noqa: E402
 from fedasr.compression import CodecConfig  # noqa: E402
 from fedasr.data import Batch  # noqa: E402
 from fedasr.federated import core  # noqa: E402
@@ -272,10 +272,7 @@ def _write(cfg: EfficiencyConfig, rows: list[dict[str, Any]], state: dict[str, t
     summary["met"] = {"P1": summary["P1_peak_ratio"] <= 0.20, "P2": summary["P2_transport_ratio"] <= 0.10,
                       "P3": summary["P3_step_time_ratio"] <= 1.3}
     write_json(out_dir / "summary.json", summary)
-    try:
-        plot(rows, ROOT / cfg.figure)
-    except ImportError as e:  # matplotlib missing: the JSON is the result, the figure is a convenience
-        print(f"[efficiency] no figure: {e}")
+    plotting.efficiency_memory(rows, ROOT / cfg.figure)
 
 
 def budget_sweep(cfg: EfficiencyConfig, row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -295,35 +292,6 @@ def budget_sweep(cfg: EfficiencyConfig, row: dict[str, Any]) -> list[dict[str, A
                     "trainable_share": d["share"], "trained_units": d["units"],
                     "analytic_peak_bytes": d["estimate_bytes"]})
     return out
-
-
-def plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Stacked analytic breakdown per row with the measured peak as a marker (MiB)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    parts = ("weights", "gradients", "optimizer", "weight_copy", "activations", "transient")
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    x = range(len(rows))
-    bottom = [0.0] * len(rows)
-    for p in parts:
-        vals = [r["analytic"][p] / MiB for r in rows]
-        ax.bar(x, vals, bottom=bottom, label=p)
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.plot(x, [r["peak_rss_bytes"] / MiB for r in rows], "k_", markersize=28, markeredgewidth=2.5,
-            label="measured peak (VmHWM − baseline)")
-    ax.plot(x, [r["analytic"]["peak"] / MiB for r in rows], "rx", label="analytic peak (largest phase)")
-    ax.set_xticks(list(x), [r["stack"] for r in rows], rotation=20, ha="right")
-    ax.set_ylabel("MiB (bars: every part; not all alive at once)")
-    ax.set_title(f"One client round, {rows[0]['preset']} preset ({rows[0]['params'] / 1e6:.0f}M params)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def cli_main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: notebooks under papermill and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["seed_training_curves", "wer_by_test_set", "federated_curves", "quality_table"]
+__all__ = ["seed_training_curves", "wer_by_test_set", "federated_curves", "quality_table", "efficiency_memory"]
 
 
 def _save(fig, out: str | Path | None) -> None:
@@ -93,5 +93,28 @@ def quality_table(rows: Sequence[dict], out: str | Path | None = None,
     ax.set(ylabel="WER %", title=title)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    _save(fig, out)
+    return fig
+
+
+def efficiency_memory(rows: Sequence[dict], out: str | Path | None = None):
+    """Stacked analytic breakdown per row of ``results/efficiency/memory.json``, measured peak as a marker (MiB)."""
+    mib = 2**20
+    parts = ("weights", "gradients", "optimizer", "weight_copy", "activations", "transient")
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    x = range(len(rows))
+    bottom = [0.0] * len(rows)
+    for p in parts:
+        vals = [r["analytic"].get(p, 0) / mib for r in rows]
+        ax.bar(x, vals, bottom=bottom, label=p)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.plot(x, [r["peak_rss_bytes"] / mib for r in rows], "k_", markersize=28, markeredgewidth=2.5,
+            label="measured peak (VmHWM − baseline)")
+    ax.plot(x, [r["analytic"]["peak"] / mib for r in rows], "rx", label="analytic peak (largest phase)")
+    ax.set_xticks(list(x), [r["stack"] for r in rows], rotation=20, ha="right")
+    ax.set_ylabel("MiB (bars: every part; not all alive at once)")
+    ax.set_title(f"One client round, {rows[0]['preset']} preset ({rows[0]['params'] / 1e6:.0f}M params)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
     _save(fig, out)
     return fig

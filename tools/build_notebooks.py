@@ -96,6 +96,42 @@ for r in rows:
                           out=f"{figures}/federated_{exp.experiment}.png");"""),
 ]
 
+NOTEBOOKS["03_device_efficiency.ipynb"] = [
+    ("md", """# 03 · Fitting a 130M Conformer into a device: memory and transport, technique by technique
+
+The paper's first half (§2.3–2.4): plain federated training of a 130M-parameter Conformer does not
+fit a phone; the *baseline system* — **FedSGD**, a **small batch**, **gradient checkpointing** and
+**transport compression** — plus **Online Model Compression** (weights stored quantized,
+dequantized on use) and **partial model training** make it fit.
+
+Each row below adds one technique and runs exactly one client round of the `paper` preset
+(129M parameters, RNN-T, 4096 word-pieces) **in a fresh process**; the peak is measured (VmHWM
+minus the process's baseline after imports) and set beside an analytic breakdown. Bytes are the
+exact encoded payloads. Peaks and times are this CPU's, not a phone's: compare ratios.
+Targets (issue): P1 full-stack peak ÷ plain FedAvg+Adam ≤ 0.20; P2 (down+up) ÷ (2 × fp32 model) ≤ 0.10;
+P3 full-stack step time ÷ plain ≤ 1.3."""),
+    ("params", """# Parameters (papermill -p NAME VALUE); paths are relative to the repository root
+config_file = "configs/efficiency/paper.toml"   # preset, utterance set, codecs, OMC bits, budget
+rerun = True                                    # False: only plot the last measured table
+out_dir = "results/efficiency"
+figures = "results/figures\""""),
+    ("code", SETUP + """
+import subprocess, sys
+from fedasr import plotting, results
+
+if rerun:  # each row runs in its own fresh process (bench/efficiency.py), a few minutes at 129M
+    subprocess.run([sys.executable, "bench/efficiency.py", "--config", config_file, "--out-dir", out_dir], check=True)
+rows = results.read_json(f"{out_dir}/memory.json")
+summary = results.read_json(f"{out_dir}/summary.json")"""),
+    ("code", """MiB = 2**20
+print(f"{'stack':24s} {'peak MiB':>9s} {'analytic':>9s} {'down MiB':>9s} {'up MiB':>8s} {'step s':>7s}")
+for r in rows:
+    print(f"{r['stack']:24s} {r['peak_rss_bytes']/MiB:9.0f} {r['analytic']['peak']/MiB:9.0f} "
+          f"{r['download_bytes']/MiB:9.1f} {r['upload_bytes']/MiB:8.1f} {r['step_seconds']:7.1f}")
+print({k: round(v, 3) for k, v in summary.items() if k.startswith("P") and isinstance(v, float)}, summary.get("met"))"""),
+    ("code", """plotting.efficiency_memory(rows, out=f"{figures}/efficiency_memory.png");"""),
+]
+
 NOTEBOOKS["04_user_corrections.ipynb"] = [
     ("md", """# 04 · Quality from user corrections: selection, on-device filtering, WCA
 
