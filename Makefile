@@ -17,7 +17,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: help setup system-deps data summary seed efficiency notebooks reproduce test test-all clean-data
+.PHONY: help setup system-deps data summary seed efficiency smoke deployment-demo federated quality notebooks reproduce test test-all clean-data
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -45,6 +45,18 @@ seed: data  ## seed model (central pretraining on proxy data); retrained only if
 
 efficiency: setup  ## device-budget table at 129M (fresh process per row) → results/efficiency/
 	$(PY) bench/efficiency.py --config configs/efficiency/paper.toml
+
+smoke: setup  ## 2 rounds of the toy task on Flower's Simulation Engine (a minute)
+	$(PY) -m fedasr.federated.launch simulation --set fed.num-rounds=2 --set run.experiment='"smoke"'
+
+deployment-demo: setup  ## the same app on a loopback SuperLink + 2 SuperNodes (Deployment Engine)
+	$(PY) -m fedasr.federated.launch deployment --set fed.num-rounds=2 --set run.experiment='"deployment-demo"'
+
+federated: seed  ## FedSGD vs FedAvg on the user domain from the seed (configs/federated/$(PROFILE).toml)
+	$(PY) -c "from fedasr import config, experiments as e; e.run_federated_experiment(config.load(e.FederatedExperiment, 'configs/federated/$(PROFILE).toml'))"
+
+quality: seed  ## the user-corrections ablation → results/quality/wer.json (configs/quality/$(PROFILE).toml)
+	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/$(PROFILE).toml'))"
 
 NOTEBOOKS := $(notdir $(wildcard notebooks/[0-9]*.ipynb))
 PM_FLAGS  ?=

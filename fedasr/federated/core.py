@@ -119,6 +119,7 @@ class FedConfig:
     local_epochs: int = 1  # FedAvg: local passes over the client's data (ignored by FedSGD)
     client_optimizer: Literal["sgd", "adam"] = "sgd"  # FedAvg local optimizer (FedSGD has none: §2.3)
     client_lr: float = 0.05  # FedAvg local learning rate
+    client_grad_clip: float = 0.0  # FedAvg: clip each local step's gradient norm to this (0 = off)
     server_optimizer: Literal["sgd", "adam"] = "sgd"  # applied to G_t (FedSGD) or −Δ̄ (FedAvg)
     server_lr: float = 1.0  # FedSGD: the step size η; FedAvg: 1.0 + sgd + momentum 0 = plain FedAvg
     server_momentum: float = 0.0  # server SGD momentum (FedAvgM when > 0 with FedAvg)
@@ -370,6 +371,8 @@ def fedavg_client_update(
                 continue
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.client_grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_([params[k] for k in names], cfg.client_grad_clip)
             opt.step()
             steps += 1
             if epoch == 0:  # loss over the first pass: comparable to FedSGD's loss at the global weights
