@@ -58,6 +58,9 @@ federated: seed  ## FedSGD vs FedAvg on the user domain from the seed (configs/f
 quality: seed  ## the user-corrections ablation → results/quality/wer.json (configs/quality/$(PROFILE).toml)
 	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/$(PROFILE).toml'))"
 
+readme-results:  ## rewrite README's results block from results/*.json
+	$(PY) tools/readme_results.py
+
 NOTEBOOKS := $(notdir $(wildcard notebooks/[0-9]*.ipynb))
 PM_FLAGS  ?=
 notebooks: setup  ## execute every notebook with papermill → results/notebooks/

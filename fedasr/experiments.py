@@ -16,7 +16,8 @@ from typing import Any
 from fedasr import asr_task, config as config_lib, results
 from fedasr.federated.core import FedConfig, FederatedConfig, RunSpec, TaskSpec
 
-__all__ = ["FederatedExperiment", "run_federated_experiment", "variant_rows"]
+__all__ = ["FederatedExperiment", "run_federated_experiment", "variant_rows", "QualityExperiment",
+           "run_quality_experiment", "quality_rows"]
 
 
 @dataclass
@@ -161,18 +162,29 @@ def run_quality_experiment(exp: QualityExperiment, rerun: bool = True) -> list[d
         fed_exp.variants[name] = {"fed": v.get("fed", {}),
                                   "task": {"labels": str(store), "min-corrections": v.get("min-corrections", 0)}}
     runs = run_federated_experiment(fed_exp, rerun=rerun)
-    # (5): the table
-    first = next(iter(runs.values())).summary()
-    rows = [_quality_row("seed", 0, first.get("initial_eval") or {})]
-    for name, run in runs.items():
-        s = run.summary()
-        rows.append(_quality_row(name, s.get("rounds_completed"), s.get("final_eval") or {}))
-        rows[-1].update(clients_eligible=stores[name]["clients_labelled"], labelled=stores[name]["labelled"],
-                        clients_failed=s.get("clients_failed"), run=str(run.path))
+    rows = quality_rows(exp, runs)
     results.write_json(root / "wer.json", rows)
     top.write_summary({"rows": rows, "corrections": corrections.summarize(records),
                        "filter": refinement.filter_report(records, exp.filter),
                        "label_stores": stores, "synthetic_speech": True})
+    return rows
+
+
+def quality_rows(exp: QualityExperiment, runs: dict[str, results.RunDir]) -> list[dict]:
+    """The ablation table from finished runs and their label stores: the seed first, then each variant."""
+    from fedasr import refinement
+
+    first = next(iter(runs.values())).summary()
+    rows = [_quality_row("seed", 0, first.get("initial_eval") or {})]
+    for name, run in runs.items():
+        s = run.summary()
+        lines = refinement.read_label_store(Path(exp.results_root) / exp.experiment / "labels" / f"{name}.jsonl")
+        m = exp.variants[name].get("min-corrections", 0)
+        labelled = {x["client"] for x in lines if x.get("label")}
+        selected = set(refinement.eligible_clients(refinement.correction_counts(lines), m)) if m else labelled
+        rows.append(_quality_row(name, s.get("rounds_completed"), s.get("final_eval") or {}))
+        rows[-1].update(clients_selected=len(selected & labelled), utterances_labelled=sum(bool(x.get("label")) for x in lines),
+                        clients_failed=s.get("clients_failed"), run=str(run.path))
     return rows
 
 

@@ -1,0 +1,113 @@
+"""Rewrite README.md's results block from the JSON under results/ (so every number there comes from a run).
+
+Run `make readme-results` after `make reproduce`; the block sits between the two markers below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _load(rel: str):
+    path = ROOT / rel
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def seed_table() -> list[str]:
+    s = _load("results/seed/summary.json")
+    if not s:
+        return ["*No seed run yet (`make seed`).*"]
+    return [
+        f"**Seed model** (`results/seed/summary.json`): `{s['preset']}` preset, {s['head'].upper()} over {s['units']} "
+        f"units, {s['params'] / 1e6:.2f}M parameters, {s['train_seconds'] / 60:.0f} CPU-minutes on {s['workers']} "
+        f"processes ({s['steps']} steps), proxy domain only.",
+        "",
+        "| test set | WER | CER |",
+        "|---|---|---|",
+        f"| proxy (server domain) | {_pct(s['wer']['proxy'])} | {_pct(s['cer']['proxy'])} |",
+        f"| user domain, unseen users | {_pct(s['wer']['user'])} | {_pct(s['cer']['user'])} |",
+        f"| user domain, new terms (client names/places) | {_pct(s['wer']['new_terms'])} | |",
+        f"| user domain, no new terms | {_pct(s['wer'].get('user_no_terms'))} | |",
+        f"| real speech (Asterisk, 1 speaker) | {_pct(s['wer']['real'])} | {_pct(s['cer']['real'])} |",
+    ]
+
+
+def federated_table() -> list[str]:
+    s = _load("results/federated/summary.json")
+    if not s:
+        return []
+    out = ["", "**Federated training from the seed, labels = the seed's own hypotheses** "
+           "(`results/federated/`, notebook 02; server-side evaluation on the first 300 utterances of each test set):", "",
+           "| variant | rounds | user WER (start → end) | user CER | proxy WER | MiB down+up | failed clients |",
+           "|---|---|---|---|---|---|---|"]
+    for r in s["variants"]:
+        i, f = r["initial"] or {}, r["final"] or {}
+        out.append(f"| {r['variant']} | {r['rounds']} | {_pct(i.get('wer_user'))} → {_pct(f.get('wer_user'))} | "
+                   f"{_pct(i.get('cer_user'))} → {_pct(f.get('cer_user'))} | {_pct(i.get('wer_proxy'))} → "
+                   f"{_pct(f.get('wer_proxy'))} | {(r['bytes_down'] + r['bytes_up']) / 2**20:.0f} | {r['clients_failed']} |")
+    return out
+
+
+def efficiency_table() -> list[str]:
+    rows, s = _load("results/efficiency/memory.json"), _load("results/efficiency/summary.json")
+    if not rows:
+        return []
+    mib = 2**20
+    out = ["", f"**Device budget of one client round, `{rows[0]['preset']}` preset ({rows[0]['params'] / 1e6:.1f}M "
+           "parameters), each row adds one technique** (`results/efficiency/`, notebook 03; peak = VmHWM of a fresh "
+           "process minus its baseline):", "",
+           "| stack | measured peak MiB | analytic MiB | download MiB | upload MiB | step s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['stack']} | {r['peak_rss_bytes'] / mib:.0f} | {r['analytic']['peak'] / mib:.0f} | "
+                   f"{r['download_bytes'] / mib:.1f} | {r['upload_bytes'] / mib:.1f} | {r['step_seconds']:.1f} |")
+    if s:
+        met = s.get("met", {})
+        out += ["", f"P1 peak ratio {s['P1_peak_ratio']:.3f} (target ≤ 0.20: {'met' if met.get('P1') else 'not met'}); "
+                f"P2 transport ratio {s['P2_transport_ratio']:.3f} (≤ 0.10: {'met' if met.get('P2') else 'not met'}; "
+                f"{s.get('P2_transport_ratio_if_omc_int4_download', float('nan')):.3f} with a 4-bit OMC download, "
+                f"quality untested); P3 step-time ratio {s['P3_step_time_ratio']:.2f} (≤ 1.3: "
+                f"{'met' if met.get('P3') else 'not met'})."]
+    return out
+
+
+def quality_table() -> list[str]:
+    rows, s = _load("results/quality/wer.json"), _load("results/quality/summary.json")
+    if not rows:
+        return []
+    out = ["", "**Quality from simulated user corrections** (`results/quality/wer.json`, notebook 04; same seed, "
+           "rounds, clients per round and simulated users in every row):", "",
+           "| variant | rounds | user WER (unseen users) | new-terms WER (seen users) | proxy WER |",
+           "|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['variant']} | {r['rounds']} | {_pct(r['wer_user'])} | {_pct(r['wer_new_terms'])} | "
+                   f"{_pct(r['wer_proxy'])} |")
+    if s:
+        c, f = s["corrections"], s["filter"]
+        out += ["", f"Simulated users corrected {c['corrected']} of {c['utterances']} utterances on "
+                f"{c['clients_with_corrections']} clients; {_pct(c.get('incorrect_rate'))} of corrections were not the "
+                f"reference. On-device filtering removed {_pct(f.get('wrong_removed'))} of wrong corrections and "
+                f"{_pct(f.get('incorrect_removed'))} of all incorrect ones, keeping {_pct(f.get('correct_kept'))} of the "
+                "right ones."]
+    return out
+
+
+def main() -> None:
+    block = [START, "", *seed_table(), *federated_table(), *efficiency_table(), *quality_table(), "",
+             "All training speech is synthetic (TTS); WER is greedy decoding without a language model, so a "
+             "character model's word errors stay high where its CER is moderate.", END]
+    readme = (ROOT / "README.md").read_text()
+    a, b = readme.index(START), readme.index(END) + len(END)
+    (ROOT / "README.md").write_text(readme[:a] + "\n".join(block) + readme[b:])
+    print("README.md results block rewritten")
+
+
+if __name__ == "__main__":
+    main()
