@@ -6,12 +6,12 @@ import json
 from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedasr.federated import core
 from fedasr.federated.core import FederatedConfig, FederatedTask
-from fedasr.federated.strategies import ANY_CLIENT, HOSTS_QUERY
+from fedasr.federated.strategies import ANY_CLIENT, DOWNLOAD_META, HOSTS_QUERY, TRANSPORT, UPLOAD_META
 
 __all__ = ["make_client_app", "app", "hosted_clients"]
 
@@ -62,19 +62,31 @@ def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = N
     conf = msg.content["config"]
     fed = core.fed_from_flat(conf)
     client_id, client_seed = str(conf["client-id"]), int(conf["client-seed"])
-    global_state = msg.content["arrays"].to_torch_state_dict()
+    server_round = int(conf.get("server-round", 0))
     # Call the client update; a client that cannot train (no usable data, bad input, NaN) declines
     # with a readable reason that the server records, instead of an opaque runtime exception
     try:
-        update = core.client_update(task, model, client_id, global_state, fed, client_seed)
+        if DOWNLOAD_META in conf:  # an encoded download (fed.download-codec): decode the global weights
+            global_state, _ = core.decode_arrays({k: v.numpy() for k, v in msg.content["arrays"].items()},
+                                                 str(conf[DOWNLOAD_META]))
+        else:
+            global_state = msg.content["arrays"].to_torch_state_dict()
+        update = core.client_update(task, model, client_id, global_state, fed, client_seed, server_round)
     except Exception as e:  # noqa: BLE001 — any client failure must reach the server as a reason
         return Message(Error(code=CLIENT_DECLINED, reason=f"{type(e).__name__}: {e}"[:500]), reply_to=msg)
     # Construct and return the reply Message
     metrics = MetricRecord({"num-examples": int(update.num_examples),
                             **{k: v if isinstance(v, (int, list)) else float(v)
                                for k, v in update.metrics.items()}})
-    content = RecordDict({"arrays": ArrayRecord({k: v.contiguous() for k, v in update.arrays.items()}),
-                          "metrics": metrics})
+    if fed.compress_upload:  # encode the update (stochastic rounding seeded from the client seed)
+        gen = torch.Generator().manual_seed(core.derive_seed("upload", client_seed))
+        enc, meta, _ = core.encode_arrays({k: v.contiguous() for k, v in update.arrays.items()},
+                                          fed.upload_codec_config(), gen)
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in enc.items()}), "metrics": metrics,
+                              TRANSPORT: ConfigRecord({UPLOAD_META: meta})})
+    else:
+        content = RecordDict({"arrays": ArrayRecord({k: v.contiguous() for k, v in update.arrays.items()}),
+                              "metrics": metrics})
     return Message(content, reply_to=msg)
 
 

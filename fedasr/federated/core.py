@@ -51,6 +51,9 @@ __all__ = [
     "fedsgd_client_update",
     "fedavg_client_update",
     "client_update",
+    "partial_selection",
+    "encode_arrays",
+    "decode_arrays",
     "validate_update",
     "aggregate",
     "ServerOptimizer",
@@ -138,6 +141,18 @@ class FedConfig:
     #   fedasr.refinement.WCA_METHODS ("frequency", "loss", ...) computed from client-sent statistics (§2.5)
     wca_buckets: int = 1024  # size of the hashed corrected-word histogram clients send for WCA
     wca_power: float = 1.0  # γ sharpening the WCA score (0 = plain n_i)
+    # Transport compression (paper §2.3; fedasr.compression): a CODECS name per direction. "none" = fp32
+    # arrays exactly as before; anything else travels as `compression.to_arrays` arrays + a JSON description.
+    download_codec: str = "none"  # server → client global weights (e.g. "fp16"); one encoding per round
+    upload_codec: str = "none"  # client → server update (e.g. "int8_sr": stochastic rounding, client-seeded)
+    upload_symmetric: bool = True  # int* upload codecs: zero-centred grid (suits gradients/deltas); False = affine
+    upload_lossless: str = "none"  # "zlib": lossless coding of the upload's packed bytes (counted after it)
+    # Partial model training (paper §2.4.2; fedasr.partial): which variables each client trains and uploads.
+    partial_policy: str = "all"  # "all" | "top_k" | "random" (PVT, per (seed, round, client)); not "budget"
+    partial_top_k: int = 6  # top_k: Conformer blocks trained, counted from the output side
+    partial_train_head: bool = True  # top_k: the predictor + joiner (or CTC head) train too
+    partial_fraction: float = 0.5  # random: share of the parameters trained per client and round
+    partial_unit: str = "block"  # random: draw whole units ("block") or single variables ("variable")
 
     def __post_init__(self) -> None:
         if self.num_rounds < 0 or self.clients_per_round < 1 or self.min_successful_clients < 1:
@@ -150,6 +165,47 @@ class FedConfig:
 
         if self.weighting not in WCA_METHODS:
             raise ValueError(f"weighting must be one of {WCA_METHODS}, got {self.weighting!r}")
+        from fedasr.compression import CODECS  # plain torch/numpy: no cycle
+
+        for key in ("download_codec", "upload_codec"):
+            if getattr(self, key) not in CODECS:
+                raise ValueError(f"{key.replace('_', '-')} must be one of {sorted(CODECS)}, got {getattr(self, key)!r}")
+        if self.upload_lossless not in ("none", "zlib"):
+            raise ValueError(f"upload-lossless must be 'none' or 'zlib', got {self.upload_lossless!r}")
+        if self.partial_policy not in ("all", "top_k", "random"):
+            raise ValueError(f"partial-policy must be 'all', 'top_k' or 'random' (the memory-budget policy needs the "
+                             f"client's budget and round shape: not wired here), got {self.partial_policy!r}")
+        if self.partial_unit not in ("block", "variable"):
+            raise ValueError(f"partial-unit must be 'block' or 'variable', got {self.partial_unit!r}")
+        if self.partial_top_k < 0 or not 0.0 < self.partial_fraction <= 1.0:
+            raise ValueError("partial-top-k must be >= 0 and partial-fraction in (0, 1]")
+
+    @property
+    def partial_updates(self) -> bool:
+        """True when a client may upload a subset of the trainable variables (partial training or opted in)."""
+        return self.allow_partial_updates or self.partial_policy != "all"
+
+    def download_codec_config(self) -> Any:
+        """The download's `compression.CodecConfig`."""
+        from fedasr.compression import CodecConfig
+
+        return CodecConfig(self.download_codec)
+
+    def upload_codec_config(self) -> Any:
+        """The upload's `compression.CodecConfig`."""
+        from fedasr.compression import CodecConfig
+
+        return CodecConfig(self.upload_codec, symmetric=self.upload_symmetric, lossless=self.upload_lossless)
+
+    @property
+    def compress_download(self) -> bool:
+        """True when the download travels encoded (otherwise: the fp32 ArrayRecord, as without compression)."""
+        return self.download_codec != "none"
+
+    @property
+    def compress_upload(self) -> bool:
+        """True when the upload travels encoded."""
+        return self.upload_codec != "none" or self.upload_lossless != "none"
 
 
 @dataclass
@@ -385,6 +441,22 @@ def fedavg_client_update(
     return Update(delta, n_first, metrics, client_id, "delta")
 
 
+def partial_selection(model: torch.nn.Module, cfg: FedConfig, server_round: int, client_id: str) -> list[str] | None:
+    """Return the variables this client trains this round (``cfg.partial_policy``), or None for all.
+
+    The selection comes from `fedasr.partial.select` (top-k blocks, or PVT's random subset drawn from
+    ``(cfg.seed, round, client)``), restricted to the parameters the task lets train.
+    """
+    if cfg.partial_policy == "all":
+        return None
+    from fedasr import partial  # imports fedasr.memory: only when partial training is on
+
+    pcfg = partial.PartialConfig(policy=cfg.partial_policy, top_k=cfg.partial_top_k, train_head=cfg.partial_train_head,
+                                 fraction=cfg.partial_fraction, unit=cfg.partial_unit, seed=cfg.seed)
+    chosen = set(partial.select(model, pcfg, server_round=server_round, client_id=client_id).names)
+    return [n for n in trainable_names(model) if n in chosen]
+
+
 def client_update(
     task: FederatedTask,
     model: torch.nn.Module,
@@ -392,13 +464,39 @@ def client_update(
     global_state: Mapping[str, torch.Tensor],
     cfg: FedConfig,
     client_seed: int,
+    server_round: int = 0,
 ) -> Update:
     """Load one client's data from ``task`` and run the configured strategy's client update.
 
     Torch's RNG (dropout, SpecAugment) is seeded with ``client_seed`` inside a forked RNG state, so a
     client's update depends only on ``(global weights, seed, round, client_id)``, in any process.
     ``metrics["compute-s"]`` covers the client's whole work: loading its data and the update.
+
+    With partial training (``cfg.partial_policy``), only the variables `partial_selection` picks for
+    ``(round, client)`` train and are returned; the model's ``requires_grad`` flags are restored after
+    (the model is shared by the clients a process serves).
     """
+    selection = partial_selection(model, cfg, server_round, client_id)
+    if selection is None:
+        return _client_update(task, model, client_id, global_state, cfg, client_seed)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    chosen = set(selection)
+    try:
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in chosen)
+        if not chosen:
+            raise ValueError(f"partial training selected no variable for client {client_id!r}")
+        update = _client_update(task, model, client_id, global_state, cfg, client_seed)
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+            p.grad = None
+    update.metrics["trained-params"] = float(sum(v.numel() for v in update.arrays.values()))
+    return update
+
+
+def _client_update(task: FederatedTask, model: torch.nn.Module, client_id: str,
+                   global_state: Mapping[str, torch.Tensor], cfg: FedConfig, client_seed: int) -> Update:
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(client_seed)
@@ -415,6 +513,29 @@ def client_update(
         update.metrics.update(task.client_metrics(client_id))
     update.metrics["compute-s"] = time.perf_counter() - t0
     return update
+
+
+def encode_arrays(state: Mapping[str, torch.Tensor], codec: Any,
+                  generator: torch.Generator | None = None) -> tuple[dict[str, np.ndarray], str, int]:
+    """Encode ``state`` with a `compression.CodecConfig` for the wire.
+
+    Returns ``(arrays, description, nbytes)``: the flat arrays of `compression.to_arrays` (``"<name>/data"``,
+    ``"/scale"``, ``"/offset"``), its JSON description, and the exact payload bytes
+    (`compression.payload_bytes`, equal to the arrays' total size).
+    """
+    from fedasr import compression
+
+    payload = compression.compress(state, codec, generator)
+    arrays, meta = compression.to_arrays(payload)
+    return arrays, meta, compression.payload_bytes(payload)
+
+
+def decode_arrays(arrays: Mapping[str, np.ndarray], meta: str) -> tuple[dict[str, torch.Tensor], int]:
+    """Decode what `encode_arrays` produced: ``(name → tensor, exact payload bytes)``."""
+    from fedasr import compression
+
+    payload = compression.from_arrays(arrays, meta)
+    return compression.decompress(payload), compression.payload_bytes(payload)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -13,6 +13,12 @@ Which node hosts which client (``fed.node-data``):
   ``partition-id``/``num-partitions``). The strategy first asks every node which clients it hosts
   (one QUERY message each) and samples among those.
 
+Transport compression and partial training (``fed.download-codec``, ``fed.upload-codec``,
+``fed.partial-policy``): the download is encoded once per round and ``bytes_down``/``bytes_up`` count the
+exact encoded bytes (`fedasr.compression.payload_bytes`); uploads are decoded before validation; with
+partial training a client uploads only the variables it trained and `core.aggregate` averages each
+variable over the clients that sent it (the server optimizer leaves the others untouched).
+
 Faults: an error reply (the ClientApp raised), a missing reply (timeout), or an update that
 `core.validate_update` rejects (NaN/Inf, wrong shape, unknown or missing variable) excludes that client
 and is recorded with its reason; with fewer than ``fed.min-successful-clients`` usable updates the round
@@ -28,7 +34,7 @@ from logging import INFO, WARNING
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
@@ -36,10 +42,18 @@ from flwr.supercore import log
 from fedasr.federated import core
 from fedasr.federated.core import FedConfig, Update
 
-__all__ = ["FedAsrStrategy", "FedSGD", "FedAvgServerLR", "build_strategy", "HOSTS_QUERY", "ANY_CLIENT"]
+__all__ = ["FedAsrStrategy", "FedSGD", "FedAvgServerLR", "build_strategy", "HOSTS_QUERY", "ANY_CLIENT",
+           "DOWNLOAD_META", "TRANSPORT", "UPLOAD_META"]
 
 HOSTS_QUERY = "hosts"  # QUERY action asking a node which clients it hosts
 ANY_CLIENT = "*"  # a node's answer meaning "I can train any client"
+# Transport compression wire format (fed.download-codec / fed.upload-codec other than "none"): the
+# "arrays" ArrayRecord holds `compression.to_arrays` arrays ("<var>/data", "/scale", "/offset") and the
+# JSON description travels as a string: in the TRAIN message's "config" under DOWNLOAD_META, and in the
+# reply's TRANSPORT ConfigRecord under UPLOAD_META. Without compression neither key is present.
+DOWNLOAD_META = "transport-download"
+TRANSPORT = "transport"
+UPLOAD_META = "upload"
 
 
 class FedAsrStrategy(FedAvg):
@@ -111,6 +125,13 @@ class FedAsrStrategy(FedAvg):
         sampled = core.sample_clients(pool, self.fed.clients_per_round, self.fed.seed, server_round)
         # Build the messages: global arrays + this client's config
         base = {**core.fed_to_flat(self.fed), **dict(config), "server-round": server_round}
+        down_bytes = core.payload_bytes(arrays)
+        if self.fed.compress_download:  # one encoding per round, sent to every sampled client
+            gen = torch.Generator().manual_seed(core.derive_seed("download", self.fed.seed, server_round))
+            enc, meta, down_bytes = core.encode_arrays(arrays.to_torch_state_dict(), self.fed.download_codec_config(),
+                                                       gen)
+            arrays = ArrayRecord({k: Array(v) for k, v in enc.items()})
+            base[DOWNLOAD_META] = meta
         self._sent = []
         for i, cid in enumerate(sampled):
             node = self.hosts[cid] if self.hosts is not None else nodes[i % len(nodes)]
@@ -120,7 +141,7 @@ class FedAsrStrategy(FedAvg):
                           message_type=MessageType.TRAIN, group_id=str(server_round))
             self._sent.append((msg, cid))
         self.record.update(round=server_round, sampled=sampled, num_sampled=len(sampled),
-                           bytes_down=len(sampled) * core.payload_bytes(arrays))
+                           bytes_down=len(sampled) * down_bytes)
         log(INFO, "configure_train: round %d, %d clients on %d nodes", server_round, len(sampled), len(nodes))
         return [m for m, _ in self._sent]
 
@@ -266,12 +287,16 @@ class FedAsrStrategy(FedAvg):
         try:
             record = reply.content["arrays"]
             metrics = dict(reply.content["metrics"])
-            nbytes = core.payload_bytes(record)
-            arrays = {k: torch.from_numpy(v.numpy()) for k, v in record.items()}
+            if TRANSPORT in reply.content:  # an encoded upload: decode before validation and aggregation
+                meta = str(reply.content[TRANSPORT][UPLOAD_META])
+                arrays, nbytes = core.decode_arrays({k: v.numpy() for k, v in record.items()}, meta)
+            else:
+                nbytes = core.payload_bytes(record)
+                arrays = {k: torch.from_numpy(v.numpy()) for k, v in record.items()}
             update = Update(arrays, int(metrics.pop("num-examples")), metrics, cid, self.update_kind)
         except Exception as e:  # a malformed reply must not end the round
             return None, f"malformed-reply: {type(e).__name__}: {e}"[:300], 0
-        required = None if self.fed.allow_partial_updates else self.trainable
+        required = None if self.fed.partial_updates else self.trainable
         reason = core.validate_update(update, self.reference_shapes, required)
         if reason is None and self.fed.weighting != "examples":
             from fedasr import refinement
