@@ -112,7 +112,8 @@ Targets (issue): P1 full-stack peak ÷ plain FedAvg+Adam ≤ 0.20; P2 (down+up) 
 P3 full-stack step time ÷ plain ≤ 1.3."""),
     ("params", """# Parameters (papermill -p NAME VALUE); paths are relative to the repository root
 config_file = "configs/efficiency/paper.toml"   # preset, utterance set, codecs, OMC bits, budget
-rerun = True                                    # False: only plot the last measured table
+rerun = True                                    # False: only plot the last measured table / runs
+quality_cost_config = "configs/efficiency/quality_cost.toml"   # small-scale WER cost of the methods
 out_dir = "results/efficiency"
 figures = "results/figures\""""),
     ("code", SETUP + """
@@ -130,6 +131,21 @@ for r in rows:
           f"{r['download_bytes']/MiB:9.1f} {r['upload_bytes']/MiB:8.1f} {r['step_seconds']:7.1f}")
 print({k: round(v, 3) for k, v in summary.items() if k.startswith("P") and isinstance(v, float)}, summary.get("met"))"""),
     ("code", """plotting.efficiency_memory(rows, out=f"{figures}/efficiency_memory.png");"""),
+    ("md", """## Quality cost at small scale
+
+The same techniques in real federated training (Flower, FedSGD + server Adam) of the quick seed
+model: transport compression (fp16 down, unbiased int8 up) and partial training (top-3 blocks; a
+random half per client and round, PVT-style) against the uncompressed run. Every row uses the
+same labels — the reference transcripts, an oracle used only to compare the methods with each other."""),
+    ("code", """from fedasr import config, experiments
+
+qexp = config.load(experiments.FederatedExperiment, quality_cost_config)
+qruns = experiments.run_federated_experiment(qexp, rerun=rerun)
+for r in experiments.variant_rows(qruns):
+    print(f"{r['variant']:20s} WER user {r['initial']['wer_user']:.3f} -> {r['final']['wer_user']:.3f}  "
+          f"proxy {r['final']['wer_proxy']:.3f}  MiB down {r['bytes_down']/MiB:7.1f} up {r['bytes_up']/MiB:7.1f}")
+plotting.federated_curves({n: run.rounds() for n, run in qruns.items()},
+                          out=f"{figures}/efficiency_quality_cost.png", title="Quality cost");"""),
 ]
 
 NOTEBOOKS["04_user_corrections.ipynb"] = [

@@ -78,6 +78,20 @@ def efficiency_table() -> list[str]:
     return out
 
 
+def quality_cost_table() -> list[str]:
+    s = _load("results/efficiency-quality/summary.json")
+    if not s:
+        return []
+    out = ["", "**Quality cost of the device-budget methods at small scale** (`results/efficiency-quality/`, notebook 03; "
+           "FedSGD, every row with the same oracle labels, server evaluation on the first 300 utterances):", "",
+           "| variant | rounds | user WER (start → end) | proxy WER (end) | MiB down | MiB up |", "|---|---|---|---|---|---|"]
+    for r in s["variants"]:
+        i, f = r["initial"] or {}, r["final"] or {}
+        out.append(f"| {r['variant']} | {r['rounds']} | {_pct(i.get('wer_user'))} → {_pct(f.get('wer_user'))} | "
+                   f"{_pct(f.get('wer_proxy'))} | {r['bytes_down'] / 2**20:.0f} | {r['bytes_up'] / 2**20:.0f} |")
+    return out
+
+
 def quality_table() -> list[str]:
     rows, s = _load("results/quality/wer.json"), _load("results/quality/summary.json")
     if not rows:
@@ -100,7 +114,7 @@ def quality_table() -> list[str]:
 
 
 def main() -> None:
-    block = [START, "", *seed_table(), *federated_table(), *efficiency_table(), *quality_table(), "",
+    block = [START, "", *seed_table(), *federated_table(), *efficiency_table(), *quality_cost_table(), *quality_table(), "",
              "All training speech is synthetic (TTS); WER is greedy decoding without a language model, so a "
              "character model's word errors stay high where its CER is moderate.", END]
     readme = (ROOT / "README.md").read_text()
