@@ -29,8 +29,9 @@ from fedasr import config as config_lib
 from fedasr import data as data_lib
 from fedasr import refinement, train
 from fedasr.data import Batch, DataError, SkipReport, Utterance
+from fedasr.features import collate
 
-__all__ = ["ASRTaskConfig", "ASRTask", "make_asr_task", "write_hypothesis_labels", "read_labels",
+__all__ = ["ASRTaskConfig", "ASRTask", "make_asr_task", "write_hypothesis_labels", "read_labels", "read_label_lines",
            "hypothesis_labels_path"]
 
 
@@ -56,22 +57,28 @@ def hypothesis_labels_path(cfg: ASRTaskConfig) -> Path:
     return Path(cfg.seed_model).parent / "labels" / f"{cfg.train_split}.hypotheses.jsonl"
 
 
-def read_labels(path: str | Path) -> dict[str, str]:
-    """Read a label store ``{"id", "label", ...}`` per line into ``{id: label}``."""
+def read_label_lines(path: str | Path) -> list[dict]:
+    """Read a label store: one ``{"id", "label", ...}`` object per line, validated."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"label store {path} does not exist (write it with fedasr.asr_task.write_hypothesis_labels "
                         "or fedasr.corrections)")
-    out = {}
+    out = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             d = json.loads(line)
-            out[str(d["id"])] = str(d["label"])
+            d["id"], d["label"] = str(d["id"]), str(d["label"])
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise DataError(f"{path}:{i}: bad label line ({e})") from None
+        out.append(d)
     return out
+
+
+def read_labels(path: str | Path) -> dict[str, str]:
+    """Read a label store into ``{id: label}``."""
+    return {d["id"]: d["label"] for d in read_label_lines(path)}
 
 
 def write_hypothesis_labels(cfg: ASRTaskConfig, overwrite: bool = False) -> Path:
@@ -112,14 +119,16 @@ class ASRTask:
         model, self.tokenizer, self.fcfg, _ = train.load_checkpoint(cfg.seed_model)
         self._model_config = model.config
         self._seed_state = model.state_dict()
+        with torch.device("meta"):  # a weightless copy: only `validate` (lengths vs labels) is used
+            self._validator = train.build_model(model.config)
         self._store: dict[str, list[dict]] = {}  # correction label-store lines per client (refinement)
         if cfg.labels == "truth":
             self._labels = None
         else:
             path = hypothesis_labels_path(cfg) if cfg.labels == "hypotheses" else Path(cfg.labels)
-            self._labels = read_labels(path)
-            for line in Path(path).read_text().splitlines():
-                d = json.loads(line) if line.strip() else {}
+            lines = read_label_lines(path)
+            self._labels = {d["id"]: d["label"] for d in lines}
+            for d in lines:
                 if "correction" in d and "client" in d:
                     self._store.setdefault(d["client"], []).append(d)
         if cfg.min_corrections > 0 and not self._store:
@@ -181,22 +190,16 @@ class ASRTask:
         batches = []
         for i in range(0, len(utts), micro_batch):
             group = utts[i: i + micro_batch]
-            batch = train.collate(group, feats, self.tokenizer)
-            bad = self._validator().validate(batch)
+            batch = collate(group, feats, self.tokenizer)
+            bad = self._validator.validate(batch)
             for j in bad:
                 self.skips.add("too short for label", group[j].id)
             keep = [u for j, u in enumerate(group) if j not in bad]
             if keep:
-                batches.append(train.collate(keep, feats, self.tokenizer) if bad else batch)
+                batches.append(collate(keep, feats, self.tokenizer) if bad else batch)
         if not batches:
             raise ValueError(f"client {client_id!r} has no usable labelled utterances ({self.skips.summary()})")
         return batches
-
-    def _validator(self):
-        if not hasattr(self, "_val_model"):
-            with torch.device("meta"):
-                self._val_model = train.build_model(self._model_config)
-        return self._val_model
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Greedy WER/CER on each eval split (``wer_user``, ``wer_proxy``, ``wer_user_heldout``), plus the

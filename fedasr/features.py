@@ -31,6 +31,7 @@ __all__ = [
     "compute_stats",
     "train_pipeline",
     "eval_pipeline",
+    "collate",
     "make_batch",
     "bucket_by_duration",
 ]
@@ -174,18 +175,11 @@ def eval_pipeline(cfg: FeatureConfig) -> nn.Sequential:
     return nn.Sequential(LogMel(cfg)).eval()
 
 
-@torch.no_grad()
-def make_batch(
-    items: Iterable[tuple[Utterance, np.ndarray]],
-    tokenizer,
-    frontend: nn.Module,
-) -> Batch:
-    """Featurise, tokenise and pad utterances into a `Batch` (order kept, nothing sorted).
+def collate(utts: Sequence[Utterance], feats: dict[str, torch.Tensor], tokenizer,
+            augment: nn.Module | None = None) -> Batch:
+    """Tokenise ``utt.text`` and pad the features ``(T, F)`` of ``utts`` (keyed by id) into a `Batch`.
 
-    Args:
-        items: ``(utterance, waveform (N,))`` pairs, e.g. from `fedasr.data.iter_audio`.
-        tokenizer: a `fedasr.tokenizer.Tokenizer`.
-        frontend: `train_pipeline` or `eval_pipeline` output.
+    Order is kept, nothing is sorted. ``augment`` (e.g. `SpecAugment`) is applied per utterance.
 
     Returns:
         `Batch` with features ``(B, T, F)`` zero-padded, targets ``(B, U)`` padded with 0 (blank).
@@ -193,28 +187,37 @@ def make_batch(
     Raises:
         DataError: an empty transcript or one the tokenizer cannot encode; names the utterance.
     """
-    feats, targets, ids, texts = [], [], [], []
-    for utt, audio in items:
-        if not utt.text.strip():
-            raise DataError(f"utterance {utt.id!r} has an empty transcript")
+    if not utts:
+        raise ValueError("collate got no utterances")
+    xs, ys = [], []
+    for u in utts:
+        if not u.text.strip():
+            raise DataError(f"utterance {u.id!r} has an empty transcript")
         try:
-            tokens = tokenizer.encode(utt.text)
+            ys.append(torch.tensor(tokenizer.encode(u.text), dtype=torch.long))
         except ValueError as e:
-            raise DataError(f"utterance {utt.id!r}: {e}") from None
-        feats.append(frontend(torch.as_tensor(audio, dtype=torch.float32)))
-        targets.append(torch.tensor(tokens, dtype=torch.long))
-        ids.append(utt.id)
-        texts.append(utt.text)
-    if not feats:
-        raise ValueError("make_batch got no utterances")
+            raise DataError(f"utterance {u.id!r}: {e}") from None
+        xs.append(augment(feats[u.id]) if augment is not None else feats[u.id])
     return Batch(
-        features=nn.utils.rnn.pad_sequence(feats, batch_first=True),
-        feature_lengths=torch.tensor([f.shape[0] for f in feats], dtype=torch.long),
-        targets=nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=0),
-        target_lengths=torch.tensor([len(t) for t in targets], dtype=torch.long),
-        ids=tuple(ids),
-        texts=tuple(texts),
+        features=nn.utils.rnn.pad_sequence(xs, batch_first=True),
+        feature_lengths=torch.tensor([x.shape[0] for x in xs], dtype=torch.long),
+        targets=nn.utils.rnn.pad_sequence(ys, batch_first=True, padding_value=0),
+        target_lengths=torch.tensor([len(y) for y in ys], dtype=torch.long),
+        ids=tuple(u.id for u in utts),
+        texts=tuple(u.text for u in utts),
     )
+
+
+@torch.no_grad()
+def make_batch(
+    items: Iterable[tuple[Utterance, np.ndarray]],
+    tokenizer,
+    frontend: nn.Module,
+) -> Batch:
+    """Featurise ``(utterance, waveform (N,))`` pairs with ``frontend`` and `collate` them into a `Batch`."""
+    items = list(items)
+    feats = {u.id: frontend(torch.as_tensor(x, dtype=torch.float32)) for u, x in items}
+    return collate([u for u, _ in items], feats, tokenizer)
 
 
 def bucket_by_duration(

@@ -37,11 +37,11 @@ from fedasr import config as config_lib
 from fedasr import data as data_lib
 from fedasr import features as feats_lib
 from fedasr import metrics, results
-from fedasr.model import ASRModel, build_model, count_parameters, model_config
+from fedasr.model import ASRModel, ModelConfig, build_model, count_parameters, model_config
 from fedasr.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, build_tokenizer, load_tokenizer
 
 __all__ = ["TrainConfig", "SeedConfig", "train_seed", "evaluate", "featurize", "save_checkpoint",
-           "load_checkpoint", "seed_fingerprint", "ensure_seed", "collate", "build_model"]
+           "load_checkpoint", "seed_fingerprint", "ensure_seed", "build_model"]
 
 
 @dataclass
@@ -92,23 +92,6 @@ def featurize(utterances: Sequence[data_lib.Utterance], fcfg: feats_lib.FeatureC
     report = report if report is not None else data_lib.SkipReport()
     with torch.no_grad():
         return {u.id: frontend(torch.from_numpy(x)) for u, x in data_lib.iter_audio(utterances, report=report)}
-
-
-def collate(utts: Sequence[data_lib.Utterance], feats: dict[str, torch.Tensor], tokenizer: Tokenizer,
-            augment: torch.nn.Module | None = None) -> data_lib.Batch:
-    """Pad cached features ``(T, F)`` and tokenised ``utt.text`` of ``utts`` into a `Batch`."""
-    xs = [feats[u.id] for u in utts]
-    if augment is not None:
-        xs = [augment(x) for x in xs]
-    ys = [torch.tensor(tokenizer.encode(u.text), dtype=torch.long) for u in utts]
-    return data_lib.Batch(
-        features=torch.nn.utils.rnn.pad_sequence(xs, batch_first=True),
-        feature_lengths=torch.tensor([x.shape[0] for x in xs]),
-        targets=torch.nn.utils.rnn.pad_sequence(ys, batch_first=True),
-        target_lengths=torch.tensor([len(y) for y in ys]),
-        ids=tuple(u.id for u in utts),
-        texts=tuple(u.text for u in utts),
-    )
 
 
 def _lr(step: int, tcfg: TrainConfig) -> float:
@@ -193,15 +176,9 @@ def load_checkpoint(directory: str | Path) -> tuple[ASRModel, Tokenizer, feats_l
         raise FileNotFoundError(f"no checkpoint at {path} (train one with `make seed`)")
     payload = torch.load(path, map_location="cpu", weights_only=False)
     mcfg = payload["model_config"]
-    model = build_model(model_config_from_dict(mcfg))
+    model = build_model(ModelConfig(**mcfg))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
     return model, load_tokenizer(directory / "tokenizer"), feats_lib.FeatureConfig(**payload["feature_config"]), payload["state"]
-
-
-def model_config_from_dict(d: dict):
-    from fedasr.model import ModelConfig
-
-    return ModelConfig(**d)
 
 
 def seed_fingerprint(cfg: SeedConfig) -> str:
@@ -259,7 +236,7 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
         epoch, b = _batch_order(step, len(batches), tcfg, rank)
         # dropout/SpecAugment randomness is a function of (seed, rank, step): exact resume at any step
         torch.manual_seed((tcfg.seed * 1_000_003 + rank) * 1_000_003 + step)
-        batch = collate(batches[b], feats, tokenizer, augment)
+        batch = feats_lib.collate(batches[b], feats, tokenizer, augment)
         for g in opt.param_groups:
             g["lr"] = _lr(step + 1, tcfg)
         opt.zero_grad(set_to_none=False)
