@@ -27,7 +27,7 @@ import torch
 
 from fedasr import config as config_lib
 from fedasr import data as data_lib
-from fedasr import refinement, train
+from fedasr import clients, memory, refinement, train
 from fedasr.data import Batch, DataError, SkipReport, Utterance
 from fedasr.features import collate
 
@@ -50,6 +50,7 @@ class ASRTaskConfig:
     #   in their label store take part (0 = every client). In a deployment each device reports this
     #   count when it checks in; the simulation reads it from the devices' label stores.
     wca_buckets: int = 1024  # hashed corrected-word histogram a client reports for WCA (fedasr.refinement)
+    central_split: str = "proxy_train"  # the server's own data for Mixed FL's central update (fed.central-mix)
 
 
 def hypothesis_labels_path(cfg: ASRTaskConfig) -> Path:
@@ -135,6 +136,8 @@ class ASRTask:
             raise DataError(f"task.params.min-corrections = {cfg.min_corrections} needs a correction label store "
                             f"(fedasr.refinement.write_label_store), got labels = {cfg.labels!r}")
         self.skips = SkipReport()
+        self._population: clients.Population | None = None  # device tiers, drawn when first needed
+        self._central: list[Utterance] | None = None  # the server's proxy data (central_batches), loaded on use
 
     # --- FederatedTask -------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
@@ -184,7 +187,28 @@ class ASRTask:
         if not utts and client_id in self._store:  # a selected device whose filter kept nothing declines
             refinement.client_round_stats(self._store[client_id], client_id, self.cfg.wca_buckets)
         order = np.random.default_rng(seed).permutation(len(utts))
-        utts = [utts[i] for i in order]
+        batches = self._batches([utts[i] for i in order], micro_batch)
+        if not batches:
+            raise ValueError(f"client {client_id!r} has no usable labelled utterances ({self.skips.summary()})")
+        return batches
+
+    def central_batches(self, micro_batch: int, seed: int, n: int) -> list[Batch]:
+        """``n`` utterances of the server's own ``central_split`` (reference transcripts: its data), drawn
+        with ``seed``, as batches of ≤ ``micro_batch`` (Mixed FL's central update; `core.central_update`)."""
+        if self._central is None:
+            corpus = data_lib.load_corpus(self.cfg.corpus, splits=[self.cfg.central_split])
+            if not corpus.get(self.cfg.central_split):
+                raise DataError(f"{self.cfg.corpus} has no {self.cfg.central_split} split for the central update")
+            self._central = corpus[self.cfg.central_split]
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(self._central), size=min(n, len(self._central)), replace=False)
+        batches = self._batches([self._central[i] for i in sorted(pick)], micro_batch)
+        if not batches:
+            raise ValueError(f"no usable {self.cfg.central_split} utterances ({self.skips.summary()})")
+        return batches
+
+    def _batches(self, utts: list[Utterance], micro_batch: int) -> list[Batch]:
+        """Featurize and collate ``utts`` in order; bad audio and too-short utterances are counted skips."""
         feats = train.featurize(utts, self.fcfg, self.skips)
         utts = [u for u in utts if u.id in feats]
         batches = []
@@ -197,9 +221,29 @@ class ASRTask:
             keep = [u for j, u in enumerate(group) if j not in bad]
             if keep:
                 batches.append(collate(keep, feats, self.tokenizer) if bad else batch)
-        if not batches:
-            raise ValueError(f"client {client_id!r} has no usable labelled utterances ({self.skips.summary()})")
         return batches
+
+    # --- what the device knows about its own round (partial training's budget policy) ------------
+    def round_shape(self, client_id: str, micro_batch: int) -> memory.RoundShape:
+        """The client's round as `fedasr.memory.estimate` sees it, from its own labelled utterances.
+
+        Worst case over the client's data: its longest utterance (10 ms frames) and longest label
+        (tokens), ``micro_batch`` utterances per pass, ``ceil(n / micro_batch)`` passes.
+        """
+        utts = self._labelled(client_id)
+        if not utts:
+            raise ValueError(f"client {client_id!r} has no labelled utterances")
+        frames = max(int(round(u.duration * 100)) for u in utts)
+        tokens = max(len(self.tokenizer.encode(u.text)) for u in utts)
+        return memory.RoundShape(batch=min(micro_batch, len(utts)), frames=frames, tokens=tokens,
+                                 micro_batches=-(-len(utts) // micro_batch))
+
+    def memory_budget_bytes(self, client_id: str) -> int:
+        """The training-memory budget of the client's phone (its `fedasr.clients` device tier)."""
+        if self._population is None:
+            self._population = clients.Population.from_utterances(
+                (u for us in self._by_client.values() for u in us), split=self.cfg.train_split)
+        return self._population.profile(client_id).memory_budget_bytes
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Greedy WER/CER on each eval split (``wer_user``, ``wer_proxy``, ``wer_user_heldout``), plus the

@@ -16,7 +16,7 @@ from typing import Any
 from fedasr import asr_task, config as config_lib, results
 from fedasr.federated.core import FedConfig, FederatedConfig, RunSpec, TaskSpec
 
-__all__ = ["FederatedExperiment", "run_federated_experiment", "variant_rows", "QualityExperiment",
+__all__ = ["FederatedExperiment", "run_federated_experiment", "variant_rows", "relative_rows", "QualityExperiment",
            "run_quality_experiment", "quality_rows"]
 
 
@@ -30,6 +30,7 @@ class FederatedExperiment:
     fed: FedConfig = field(default_factory=FedConfig)
     variants: dict[str, dict] = field(default_factory=lambda: {"fedsgd": {"fed": {"strategy": "fedsgd"}}})
     concurrency: int = 2  # clients trained at once (one core and one torch thread each)
+    reference: str = ""  # a variant to compare the others with (bytes and WER; `relative_rows`), "" = none
 
 
 def _variant_config(exp: FederatedExperiment, name: str) -> FederatedConfig:
@@ -76,8 +77,33 @@ def run_federated_experiment(exp: FederatedExperiment, only: list[str] | None = 
         print(f"experiment {exp.experiment}: variant {name} ({cfg.fed.strategy}, {cfg.fed.num_rounds} rounds)")
         runs[name] = run_simulation(cfg, concurrency=exp.concurrency)
     top = results.open_run(Path(exp.results_root) / exp.experiment, exp.experiment, exp, resume=True)
-    top.write_summary({"variants": variant_rows(runs), "synthetic_speech": True})
+    rows = variant_rows(runs)
+    summary = {"variants": rows, "synthetic_speech": True}
+    if exp.reference and any(r["variant"] == exp.reference for r in rows):
+        summary["relative_to"] = exp.reference
+        summary["relative"] = relative_rows(rows, exp.reference)
+    top.write_summary(summary)
     return runs
+
+
+def relative_rows(rows: list[dict[str, Any]], reference: str, max_ratio: float = 0.10,
+                  max_wer_rel: float = 0.03) -> list[dict[str, Any]]:
+    """Each variant's transport bytes and final user WER relative to the ``reference`` variant.
+
+    ``transport_ratio`` = (download + upload bytes) ÷ the reference's: with an fp32 reference over the same
+    sampled clients and rounds this is issue 5's P2 ratio (``(down + up) ÷ (2 × fp32 model)``, per client
+    round). ``wer_user_rel`` = final user WER ÷ the reference's − 1; ``p2_met`` = both within bounds.
+    """
+    ref = next(r for r in rows if r["variant"] == reference)
+    ref_bytes, ref_wer = ref["bytes_down"] + ref["bytes_up"], ref["final"]["wer_user"]
+    out = []
+    for r in rows:
+        ratio = (r["bytes_down"] + r["bytes_up"]) / ref_bytes
+        rel = r["final"]["wer_user"] / ref_wer - 1.0
+        out.append({"variant": r["variant"], "transport_ratio": ratio, "wer_user": r["final"]["wer_user"],
+                    "wer_user_rel": rel, "wer_proxy": r["final"].get("wer_proxy"),
+                    "p2_met": bool(ratio <= max_ratio and rel <= max_wer_rel)})
+    return out
 
 
 def variant_rows(runs: dict[str, results.RunDir]) -> list[dict[str, Any]]:

@@ -48,3 +48,14 @@ def test_quality_ablation_end_to_end_on_flower(fake_corpus, fake_seed, tmp_path)
     rounds = [json.loads(x) for x in (tmp_path / "quality" / "wca_frequency" / "rounds.jsonl").read_text().splitlines()]
     ok = [r for r in rounds if r.get("status") == "ok"]
     assert ok and all(r["weights"] for r in ok)  # WCA weights recorded per client
+
+
+def test_relative_rows_against_the_reference_variant():
+    rows = [{"variant": "fp32", "bytes_down": 600, "bytes_up": 400, "final": {"wer_user": 0.80, "wer_proxy": 0.7}},
+            {"variant": "small", "bytes_down": 60, "bytes_up": 40, "final": {"wer_user": 0.82, "wer_proxy": 0.7}},
+            {"variant": "worse", "bytes_down": 50, "bytes_up": 40, "final": {"wer_user": 0.84, "wer_proxy": 0.7}}]
+    rel = {r["variant"]: r for r in experiments.relative_rows(rows, "fp32")}
+    assert rel["fp32"]["transport_ratio"] == 1.0 and rel["fp32"]["wer_user_rel"] == 0.0
+    assert rel["small"]["transport_ratio"] == pytest.approx(0.10) and rel["small"]["wer_user_rel"] == pytest.approx(0.025)
+    assert rel["small"]["p2_met"] and not rel["fp32"]["p2_met"]
+    assert rel["worse"]["transport_ratio"] == pytest.approx(0.09) and not rel["worse"]["p2_met"]  # 5% worse

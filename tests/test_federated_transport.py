@@ -167,7 +167,7 @@ def test_codec_names_are_validated():
     with pytest.raises(ValueError, match="upload-lossless"):
         FedConfig(upload_lossless="gzip")
     with pytest.raises(ValueError, match="partial-policy"):
-        FedConfig(partial_policy="budget")
+        FedConfig(partial_policy="largest")
 
 
 # --- partial model training -----------------------------------------------------------------------------

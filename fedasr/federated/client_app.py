@@ -9,6 +9,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedasr import compression, omc
 from fedasr.federated import core
 from fedasr.federated.core import FederatedConfig, FederatedTask
 from fedasr.federated.strategies import ANY_CLIENT, DOWNLOAD_META, HOSTS_QUERY, TRANSPORT, UPLOAD_META
@@ -23,15 +24,36 @@ CLIENT_DECLINED = 1  # Error code of a client that raised during its update (the
 _RUNTIMES: dict[str, tuple[FederatedTask, torch.nn.Module]] = {}
 
 
-def _runtime(cfg: FederatedConfig, task_factory: TaskFactory | None) -> tuple[FederatedTask, torch.nn.Module]:
-    """Return this process's cached ``(task, model)`` for the run's task."""
-    key = json.dumps([cfg.task.name, cfg.task.params], sort_keys=True, default=str)
+def _runtime(cfg: FederatedConfig, task_factory: TaskFactory | None,
+             fed: core.FedConfig | None = None) -> tuple[FederatedTask, torch.nn.Module]:
+    """Return this process's cached ``(task, model)`` for the run's task.
+
+    With ``fed.omc-bits`` the model is OMC-converted once (`omc.apply_omc`): its weight matrices are
+    stored quantized, and each round's download is adopted as that storage (`omc.load_payload`).
+    """
+    omc_cfg = fed.omc_config() if fed is not None else None
+    key = json.dumps([cfg.task.name, cfg.task.params, repr(omc_cfg)], sort_keys=True, default=str)
     if task_factory is not None:
         key = f"factory:{getattr(task_factory, '__qualname__', repr(task_factory))}:{key}"
     if key not in _RUNTIMES:
         task = task_factory() if task_factory is not None else core.make_task(cfg.task)
-        _RUNTIMES[key] = (task, task.build_model())
+        model = task.build_model()
+        if omc_cfg is not None:
+            omc.apply_omc(model, omc_cfg)
+        _RUNTIMES[key] = (task, model)
     return _RUNTIMES[key]
+
+
+def _global_state(msg: Message, conf: ConfigRecord, fed: core.FedConfig,
+                  model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The round's global weights from the TRAIN message (fp32, transport-decoded, or adopted OMC codes)."""
+    if DOWNLOAD_META not in conf:
+        return msg.content["arrays"].to_torch_state_dict()
+    arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    if fed.omc_bits:  # the OMC storage format: adopt the codes, never materialise fp32 weights
+        omc.load_payload(model, compression.from_arrays(arrays, str(conf[DOWNLOAD_META])))
+        return omc.resident_state(model)
+    return core.decode_arrays(arrays, str(conf[DOWNLOAD_META]))[0]
 
 
 def _resolve(cfg: FederatedConfig | None, context: Context) -> FederatedConfig:
@@ -58,19 +80,15 @@ def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = N
     """Compute one client's update (FedSGD gradient or FedAvg delta) for a TRAIN message."""
     torch.set_num_threads(1)  # one thread per client: 2 clients on 2 cores (DESIGN §6)
     # Load the task, the model and the instructions
-    task, model = _runtime(_resolve(cfg, context), task_factory)
     conf = msg.content["config"]
     fed = core.fed_from_flat(conf)
+    task, model = _runtime(_resolve(cfg, context), task_factory, fed)
     client_id, client_seed = str(conf["client-id"]), int(conf["client-seed"])
     server_round = int(conf.get("server-round", 0))
     # Call the client update; a client that cannot train (no usable data, bad input, NaN) declines
     # with a readable reason that the server records, instead of an opaque runtime exception
     try:
-        if DOWNLOAD_META in conf:  # an encoded download (fed.download-codec): decode the global weights
-            global_state, _ = core.decode_arrays({k: v.numpy() for k, v in msg.content["arrays"].items()},
-                                                 str(conf[DOWNLOAD_META]))
-        else:
-            global_state = msg.content["arrays"].to_torch_state_dict()
+        global_state = _global_state(msg, conf, fed, model)
         update = core.client_update(task, model, client_id, global_state, fed, client_seed, server_round)
     except Exception as e:  # noqa: BLE001 — any client failure must reach the server as a reason
         return Message(Error(code=CLIENT_DECLINED, reason=f"{type(e).__name__}: {e}"[:500]), reply_to=msg)

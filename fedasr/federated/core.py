@@ -52,6 +52,8 @@ __all__ = [
     "fedavg_client_update",
     "client_update",
     "partial_selection",
+    "central_update",
+    "mix_central",
     "encode_arrays",
     "decode_arrays",
     "validate_update",
@@ -148,11 +150,26 @@ class FedConfig:
     upload_symmetric: bool = True  # int* upload codecs: zero-centred grid (suits gradients/deltas); False = affine
     upload_lossless: str = "none"  # "zlib": lossless coding of the upload's packed bytes (counted after it)
     # Partial model training (paper §2.4.2; fedasr.partial): which variables each client trains and uploads.
-    partial_policy: str = "all"  # "all" | "top_k" | "random" (PVT, per (seed, round, client)); not "budget"
+    partial_policy: str = "all"  # "all" | "top_k" | "random" (PVT, per (seed, round, client)) | "budget"
     partial_top_k: int = 6  # top_k: Conformer blocks trained, counted from the output side
-    partial_train_head: bool = True  # top_k: the predictor + joiner (or CTC head) train too
+    partial_train_head: bool = True  # top_k/budget: the predictor + joiner (or CTC head) train too
     partial_fraction: float = 0.5  # random: share of the parameters trained per client and round
     partial_unit: str = "block"  # random: draw whole units ("block") or single variables ("variable")
+    partial_budget_mib: float = 0.0  # budget: the client's training-memory budget in MiB; 0 = its device
+    #   tier's (task.memory_budget_bytes, fedasr.clients); the round's shape comes from the client's own data
+    partial_budget_margin: float = 0.0  # budget: share of the budget kept free (allocator slack)
+    # Mixed FL (paper §1: FL "combined with centralized server training under a joint training framework";
+    # Augenstein et al. 2022; paper.md open question 17 on forgetting): each round the server also computes
+    # the same kind of update on ``central_examples`` utterances of its own proxy data (task.central_batches)
+    # and steps on (1 - α)·aggregate + α·central. 0 = plain FL; 1 = the central-only control.
+    central_mix: float = 0.0  # α
+    central_examples: int = 64  # server-side proxy utterances per round (a fresh seeded sample each round)
+    # Online Model Compression on the client (paper §2.4.1; fedasr.omc): the client stores its weight
+    # matrices quantized and the download travels in that storage format (it replaces download-codec).
+    omc_bits: int = 0  # 0 = off; 16, 8, 4 or 2 bits per stored weight
+    omc_transform: str = "per_variable"  # OMC technique 1: "per_variable" | "per_channel" | "global" (ablation)
+    omc_fp32_fraction: float = 0.0  # OMC technique 3: share of weight matrices kept fp32 (ends first)
+    omc_rounding: str = "nearest"  # FedAvg local steps re-quantize: "nearest" | "stochastic"
 
     def __post_init__(self) -> None:
         if self.num_rounds < 0 or self.clients_per_round < 1 or self.min_successful_clients < 1:
@@ -172,9 +189,22 @@ class FedConfig:
                 raise ValueError(f"{key.replace('_', '-')} must be one of {sorted(CODECS)}, got {getattr(self, key)!r}")
         if self.upload_lossless not in ("none", "zlib"):
             raise ValueError(f"upload-lossless must be 'none' or 'zlib', got {self.upload_lossless!r}")
-        if self.partial_policy not in ("all", "top_k", "random"):
-            raise ValueError(f"partial-policy must be 'all', 'top_k' or 'random' (the memory-budget policy needs the "
-                             f"client's budget and round shape: not wired here), got {self.partial_policy!r}")
+        if self.partial_policy not in ("all", "top_k", "random", "budget"):
+            raise ValueError(f"partial-policy must be 'all', 'top_k', 'random' or 'budget', got {self.partial_policy!r}")
+        if self.partial_budget_mib < 0 or not 0.0 <= self.partial_budget_margin < 1.0:
+            raise ValueError("partial-budget-mib must be >= 0 and partial-budget-margin in [0, 1)")
+        if not 0.0 <= self.central_mix <= 1.0 or self.central_examples < 1:
+            raise ValueError("central-mix must be in [0, 1] and central-examples >= 1")
+        if self.omc_bits not in (0, 2, 4, 8, 16):
+            raise ValueError(f"omc-bits must be 0 (off), 2, 4, 8 or 16, got {self.omc_bits}")
+        if self.omc_bits:
+            self.omc_config()  # validates transform, fraction and rounding
+            if self.download_codec != "none":
+                raise ValueError(f"omc-bits = {self.omc_bits}: the download travels in the OMC storage format, so "
+                                 f"download-codec must be 'none' (got {self.download_codec!r})")
+            if self.strategy == "fedavg" and self.client_optimizer != "sgd":
+                raise ValueError("OMC with FedAvg re-quantizes after each local SGD step (omc.sgd_step): "
+                                 f"client-optimizer must be 'sgd', got {self.client_optimizer!r}")
         if self.partial_unit not in ("block", "variable"):
             raise ValueError(f"partial-unit must be 'block' or 'variable', got {self.partial_unit!r}")
         if self.partial_top_k < 0 or not 0.0 < self.partial_fraction <= 1.0:
@@ -196,6 +226,17 @@ class FedConfig:
         from fedasr.compression import CodecConfig
 
         return CodecConfig(self.upload_codec, symmetric=self.upload_symmetric, lossless=self.upload_lossless)
+
+    def omc_config(self) -> Any:
+        """The client's `omc.OMCConfig` (None when ``omc_bits`` is 0)."""
+        if not self.omc_bits:
+            return None
+        from fedasr.omc import OMCConfig
+
+        if self.omc_rounding not in ("nearest", "stochastic"):
+            raise ValueError(f"omc-rounding must be 'nearest' or 'stochastic', got {self.omc_rounding!r}")
+        return OMCConfig(bits=self.omc_bits, transform=self.omc_transform, fp32_fraction=self.omc_fp32_fraction,
+                         rounding=self.omc_rounding)
 
     @property
     def compress_download(self) -> bool:
@@ -410,14 +451,29 @@ def fedavg_client_update(
         batches: the client's batches (re-iterated each epoch), or ``epoch -> batches`` so the data
             can be reshuffled per epoch.
         cfg: uses ``local_epochs``, ``client_optimizer`` and ``client_lr``; each batch is one step.
+
+    An OMC-converted model (`fedasr.omc`, paper §2.4.1) steps with `omc.sgd_step` (``Ŵ − lr·g``
+    re-quantized after every step; ``client_optimizer`` must be ``"sgd"``) and forms Δ from the stored
+    codes (`omc.snapshot` / `omc.delta`), so no fp32 copy of the quantized weights is kept.
     """
+    from fedasr import omc  # plain torch: no cycle
+
     t0 = time.perf_counter()
     _load_global(model, global_state)
     model.train()
     names = trainable_names(model)
     params = dict(model.named_parameters())
-    start = {n: params[n].detach().clone() for n in names}
-    opt = _client_optimizer(cfg.client_optimizer, [params[n] for n in names], cfg.client_lr)
+    quantized = omc.is_omc(model)
+    if quantized:
+        if cfg.client_optimizer != "sgd":
+            raise ValueError(f"OMC local steps are plain SGD (omc.sgd_step), got client-optimizer {cfg.client_optimizer!r}")
+        start = omc.snapshot(model, names)
+        opt = None
+        # stochastic re-quantization draws from the client's (seeded, forked) torch RNG stream
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
+    else:
+        start = {n: params[n].detach().clone() for n in names}
+        opt = _client_optimizer(cfg.client_optimizer, [params[n] for n in names], cfg.client_lr)
     n_first, loss_first, steps = 0, 0.0, 0
     for epoch in range(cfg.local_epochs):
         for batch in (batches(epoch) if callable(batches) else batches):
@@ -425,36 +481,64 @@ def fedavg_client_update(
             n = _batch_examples(batch, info)
             if n == 0:
                 continue
-            opt.zero_grad(set_to_none=True)
+            for k in names:
+                params[k].grad = None
             loss.backward()
             if cfg.client_grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_([params[k] for k in names], cfg.client_grad_clip)
-            opt.step()
+            if opt is None:
+                omc.sgd_step(model, cfg.client_lr, gen)
+            else:
+                opt.step()
             steps += 1
             if epoch == 0:  # loss over the first pass: comparable to FedSGD's loss at the global weights
                 n_first += n
                 loss_first += float(loss.detach()) * n
     if n_first == 0:
         raise ValueError(f"client {client_id!r} has no usable training examples")
-    delta = {n: params[n].detach() - start[n] for n in names}
+    delta = omc.delta(model, start) if quantized else {n: params[n].detach() - start[n] for n in names}
     metrics = {"loss": loss_first / n_first, "steps": float(steps), "compute-s": time.perf_counter() - t0}
     return Update(delta, n_first, metrics, client_id, "delta")
 
 
-def partial_selection(model: torch.nn.Module, cfg: FedConfig, server_round: int, client_id: str) -> list[str] | None:
-    """Return the variables this client trains this round (``cfg.partial_policy``), or None for all.
+def partial_selection(model: torch.nn.Module, cfg: FedConfig, server_round: int, client_id: str,
+                      task: Any = None) -> tuple[list[str] | None, dict[str, float]]:
+    """Return the variables this client trains this round (``cfg.partial_policy``; None = all) and metrics.
 
-    The selection comes from `fedasr.partial.select` (top-k blocks, or PVT's random subset drawn from
-    ``(cfg.seed, round, client)``), restricted to the parameters the task lets train.
+    The selection comes from `fedasr.partial.select` (top-k blocks, PVT's random subset drawn from
+    ``(cfg.seed, round, client)``, or the memory-budget policy), restricted to the parameters the task
+    lets train. The budget policy is decided on the device: the round's shape comes from the client's own
+    data (``task.round_shape``) and the budget from ``cfg.partial_budget_mib`` or the client's device tier
+    (``task.memory_budget_bytes``); its metrics record both and the analytic peak of the chosen set.
     """
     if cfg.partial_policy == "all":
-        return None
+        return None, {}
     from fedasr import partial  # imports fedasr.memory: only when partial training is on
 
     pcfg = partial.PartialConfig(policy=cfg.partial_policy, top_k=cfg.partial_top_k, train_head=cfg.partial_train_head,
-                                 fraction=cfg.partial_fraction, unit=cfg.partial_unit, seed=cfg.seed)
-    chosen = set(partial.select(model, pcfg, server_round=server_round, client_id=client_id).names)
-    return [n for n in trainable_names(model) if n in chosen]
+                                 fraction=cfg.partial_fraction, unit=cfg.partial_unit, seed=cfg.seed,
+                                 budget_margin=cfg.partial_budget_margin)
+    budget, shape, metrics = None, None, {}
+    if cfg.partial_policy == "budget":
+        if task is None or not hasattr(task, "round_shape"):
+            raise ValueError("partial-policy 'budget' needs a task that reports the client's round shape (round_shape)")
+        shape = dataclasses.replace(task.round_shape(client_id, cfg.micro_batch),
+                                    optimizer="none" if cfg.strategy == "fedsgd" else cfg.client_optimizer,
+                                    delta_copy=cfg.strategy == "fedavg")
+        if cfg.partial_budget_mib > 0:
+            budget = int(cfg.partial_budget_mib * (1 << 20))
+        elif hasattr(task, "memory_budget_bytes"):
+            budget = int(task.memory_budget_bytes(client_id))
+        else:
+            raise ValueError("partial-policy 'budget' needs partial-budget-mib > 0 or a task with memory_budget_bytes")
+    sel = partial.select(model, pcfg, server_round=server_round, client_id=client_id, budget_bytes=budget, shape=shape)
+    if cfg.partial_policy == "budget":
+        if not sel.fits:
+            raise ValueError(f"client {client_id!r}: nothing trainable fits its {budget / 2**20:.1f} MiB budget "
+                             f"(smallest analytic peak {sel.estimate_bytes / 2**20:.1f} MiB)")
+        metrics = {"budget-bytes": float(budget), "estimate-bytes": float(sel.estimate_bytes)}
+    chosen = set(sel.names)
+    return [n for n in trainable_names(model) if n in chosen], metrics
 
 
 def client_update(
@@ -476,7 +560,7 @@ def client_update(
     ``(round, client)`` train and are returned; the model's ``requires_grad`` flags are restored after
     (the model is shared by the clients a process serves).
     """
-    selection = partial_selection(model, cfg, server_round, client_id)
+    selection, sel_metrics = partial_selection(model, cfg, server_round, client_id, task)
     if selection is None:
         return _client_update(task, model, client_id, global_state, cfg, client_seed)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -492,6 +576,7 @@ def client_update(
             p.requires_grad_(flags[n])
             p.grad = None
     update.metrics["trained-params"] = float(sum(v.numel() for v in update.arrays.values()))
+    update.metrics.update(sel_metrics)
     return update
 
 
@@ -513,6 +598,46 @@ def _client_update(task: FederatedTask, model: torch.nn.Module, client_id: str,
         update.metrics.update(task.client_metrics(client_id))
     update.metrics["compute-s"] = time.perf_counter() - t0
     return update
+
+
+def central_update(task: FederatedTask, model: torch.nn.Module, global_state: Mapping[str, torch.Tensor],
+                   cfg: FedConfig, server_round: int) -> Update:
+    """The server's own update on its proxy data (Mixed FL; ``cfg.central_mix``): same maths as a client's.
+
+    FedSGD: the mean gradient at the global weights over ``cfg.central_examples`` utterances from
+    ``task.central_batches``; FedAvg: ``cfg.local_epochs`` local epochs over them and the delta. The
+    sample and all randomness come from ``(cfg.seed, round)``.
+    """
+    if not hasattr(task, "central_batches"):
+        raise ValueError("central-mix > 0 needs a task with server-side data (central_batches)")
+    seed = derive_seed("central", cfg.seed, server_round)
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if cfg.strategy == "fedsgd":
+            update = fedsgd_client_update(model, global_state,
+                                          task.central_batches(cfg.micro_batch, seed, cfg.central_examples), "central")
+        else:
+            batches = task.central_batches(cfg.micro_batch, seed, cfg.central_examples)
+            update = fedavg_client_update(model, global_state, batches, cfg, "central")
+    update.metrics["compute-s"] = time.perf_counter() - t0
+    return update
+
+
+def mix_central(aggregated: Mapping[str, torch.Tensor], central: Mapping[str, torch.Tensor],
+                alpha: float) -> dict[str, torch.Tensor]:
+    """``(1 − α)·aggregated + α·central`` on the aggregate's variables (the clients' trainable set).
+
+    Raises:
+        ValueError: a variable of the aggregate is missing from the central update or differs in shape.
+    """
+    out = {}
+    for k, v in aggregated.items():
+        c = central.get(k)
+        if c is None or c.shape != v.shape:
+            raise ValueError(f"central update lacks {k!r} or has the wrong shape")
+        out[k] = (1.0 - alpha) * v + alpha * c.to(v.dtype)
+    return out
 
 
 def encode_arrays(state: Mapping[str, torch.Tensor], codec: Any,

@@ -27,7 +27,7 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from fedasr import results
+from fedasr import omc, results
 from fedasr.federated import core
 from fedasr.federated.core import FederatedConfig, FederatedTask
 from fedasr.federated.strategies import build_strategy
@@ -69,7 +69,12 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
     run = results.new_run(cfg.run.experiment, cfg, cfg.run.results_root, run_id, resume=cfg.run.resume)
     model = task.build_model()
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    strategy = build_strategy(fed, task.client_ids(), weights, core.trainable_names(model))
+    omc_names = omc.select_quantized(model, fed.omc_config()) if fed.omc_bits else ()
+    central = None
+    if fed.central_mix > 0:  # Mixed FL: the server's update on its own proxy data (uses the eval model's memory)
+        def central(server_round: int, global_weights: dict[str, torch.Tensor]) -> core.Update:
+            return core.central_update(task, model, global_weights, fed, server_round)
+    strategy = build_strategy(fed, task.client_ids(), weights, core.trainable_names(model), omc_names, central)
     start_round = 1
     if resume:
         ckpt = core.load_checkpoint(ckpt_file)

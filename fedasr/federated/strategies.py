@@ -69,13 +69,20 @@ class FedAsrStrategy(FedAvg):
     update_kind = "gradient"
 
     def __init__(self, fed: FedConfig, client_ids: Sequence[str], weights: dict[str, torch.Tensor],
-                 trainable: Sequence[str]) -> None:
+                 trainable: Sequence[str], omc_names: Sequence[str] = (),
+                 central_update: Callable[[int, dict[str, torch.Tensor]], Update] | None = None) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=0,
                          min_available_nodes=max(1, fed.min_nodes), weighted_by_key="num-examples")
         self.fed = fed
         self.client_ids = list(client_ids)
         self.weights = weights
         self.trainable = list(trainable)
+        self.omc_names = list(omc_names)  # variables the clients store quantized (fed.omc-bits; omc.select_quantized)
+        self.central_update = central_update  # (round, global weights) -> the server's proxy-data update
+        if fed.central_mix > 0 and central_update is None:
+            raise ValueError("fed.central-mix > 0 needs the server's central update (build_strategy central_update)")
+        if fed.omc_bits and not self.omc_names:
+            raise ValueError("fed.omc-bits is set but no variable is quantized (build_strategy needs omc_names)")
         self.reference_shapes = {n: tuple(weights[n].shape) for n in self.trainable}
         self.server_opt = core.ServerOptimizer(weights, self.trainable, fed)
         self.hosts: dict[str, int] | None = None  # client → node, after `discover_hosts` (partitioned)
@@ -126,10 +133,17 @@ class FedAsrStrategy(FedAvg):
         # Build the messages: global arrays + this client's config
         base = {**core.fed_to_flat(self.fed), **dict(config), "server-round": server_round}
         down_bytes = core.payload_bytes(arrays)
-        if self.fed.compress_download:  # one encoding per round, sent to every sampled client
+        if self.fed.compress_download or self.fed.omc_bits:  # one encoding per round, sent to every sampled client
             gen = torch.Generator().manual_seed(core.derive_seed("download", self.fed.seed, server_round))
-            enc, meta, down_bytes = core.encode_arrays(arrays.to_torch_state_dict(), self.fed.download_codec_config(),
-                                                       gen)
+            if self.fed.omc_bits:  # the client's OMC storage format (paper §2.4.1): it adopts these codes
+                from fedasr import compression, omc
+
+                payload = omc.encode_state(arrays.to_torch_state_dict(), self.omc_names, self.fed.omc_config(), gen)
+                enc, meta = compression.to_arrays(payload)
+                down_bytes = compression.payload_bytes(payload)
+            else:
+                enc, meta, down_bytes = core.encode_arrays(arrays.to_torch_state_dict(),
+                                                           self.fed.download_codec_config(), gen)
             arrays = ArrayRecord({k: Array(v) for k, v in enc.items()})
             base[DOWNLOAD_META] = meta
         self._sent = []
@@ -183,6 +197,8 @@ class FedAsrStrategy(FedAvg):
         weights = self.round_weights(updates)
         self.record["weights"] = {u.client_id: w for u, w in zip(updates, weights)}
         agg = core.aggregate(updates, weights)
+        if self.fed.central_mix > 0:  # Mixed FL: the server's own proxy-data update joins the step
+            agg = self._mix_central(server_round, agg)
         self.server_step(agg)
         n = sum(u.num_examples for u in updates)
         loss = sum(u.metrics.get("loss", float("nan")) * u.num_examples for u in updates) / n
@@ -244,6 +260,23 @@ class FedAsrStrategy(FedAvg):
         return result
 
     # --- helpers ----------------------------------------------------------------------------------
+    def _mix_central(self, server_round: int, agg: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``(1 − α)·agg + α·central``; a failed or non-finite central update leaves ``agg`` as is (recorded)."""
+        try:
+            cu = self.central_update(server_round, self.weights)
+            reason = core.validate_update(cu, self.reference_shapes)
+            if reason is None:
+                mixed = core.mix_central(agg, cu.arrays, self.fed.central_mix)
+        except Exception as e:  # noqa: BLE001 — the clients' round must survive the server's own data
+            reason = f"{type(e).__name__}: {e}"[:300]
+        if reason is not None:
+            log(WARNING, "round %d: central update not mixed (%s)", server_round, reason)
+            self.record["central"] = {"status": "failed", "reason": reason}
+            return agg
+        self.record["central"] = {"status": "ok", "alpha": self.fed.central_mix, "loss": cu.metrics.get("loss"),
+                                  "num_examples": cu.num_examples, "compute_s": cu.metrics.get("compute-s")}
+        return mixed
+
     def discover_hosts(self, grid: Grid, timeout: float) -> dict[str, int]:
         """Ask every node which clients it hosts; keep the population's clients that some node hosts."""
         nodes = self._wait_for_nodes(grid)
@@ -333,8 +366,10 @@ class FedAvgServerLR(FedAsrStrategy):
 
 
 def build_strategy(fed: FedConfig, client_ids: Sequence[str], weights: dict[str, torch.Tensor],
-                   trainable: Sequence[str]) -> FedAsrStrategy:
-    """Return the strategy ``fed.strategy`` names."""
+                   trainable: Sequence[str], omc_names: Sequence[str] = (),
+                   central_update: Callable[[int, dict[str, torch.Tensor]], Update] | None = None) -> FedAsrStrategy:
+    """Return the strategy ``fed.strategy`` names (``omc_names``: what OMC clients store quantized;
+    ``central_update``: the server's proxy-data update for ``fed.central-mix``)."""
     cls = {"fedsgd": FedSGD, "fedavg": FedAvgServerLR}[fed.strategy]
-    return cls(fed, client_ids, weights, trainable)
+    return cls(fed, client_ids, weights, trainable, omc_names, central_update)
 
