@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -70,6 +71,11 @@ class EfficiencyConfig:
     rows: tuple[str, ...] = STACK  # which rows to run (always cumulative from the first)
     timing_repeats: int = 2  # extra fresh-process runs of the first and last row for P3 (min step time is kept)
     timeout_s: float = 1800.0  # per row
+    # P2's quality half: the small-scale federated run of the same codecs/OMC (results/efficiency-quality,
+    # summary "relative" rows) whose final user WER must be within 3% of its uncompressed run; "" = none
+    quality_summary: str = "results/efficiency-quality/summary.json"
+    quality_variant: str = ""
+    p2_row: str = "+omc"  # the row whose stack (codecs + OMC, every variable training) quality_variant reproduces
     out_dir: str = "results/efficiency"
     figure: str = "results/figures/efficiency_memory.png"
 
@@ -262,17 +268,35 @@ def _write(cfg: EfficiencyConfig, rows: list[dict[str, Any]], state: dict[str, t
     # VmHWM includes library code paged in during the round (the same ~0.1 GB in every row)
     summary["P1_peak_ratio_without_file_pages"] = ((last["peak_rss_bytes"] - last["rss_file_growth_bytes"])
                                                    / (first["peak_rss_bytes"] - first["rss_file_growth_bytes"]))
-    if last["settings"]["omc"]:  # P2 if the OMC download used 4-bit codes (exact bytes; memory not re-measured)
-        skel = _skeleton(cfg.preset, last["settings"])
-        c4 = OMCConfig(**{**last["settings"]["omc"], "bits": 4})
-        down4 = compression.payload_bytes(omc.encode_state(state, omc.quantized_names(skel), c4))
-        summary["omc_int4_download_bytes"] = down4
-        summary["P2_transport_ratio_if_omc_int4_download"] = (down4 + last["upload_bytes"]) / (2 * fp32_bytes)
+    # P2 of each row (the row before partial training is the stack whose WER the small-scale run measures
+    # without partial training: configs/efficiency/quality_cost.toml)
+    summary["P2_transport_ratio_by_row"] = {r["stack"]: (r["download_bytes"] + r["upload_bytes"]) / (2 * fp32_bytes)
+                                            for r in rows}
+    if last["settings"]["omc"]:
         summary["budget_sweep_analytic"] = budget_sweep(cfg, last["settings"])
-    summary["met"] = {"P1": summary["P1_peak_ratio"] <= 0.20, "P2": summary["P2_transport_ratio"] <= 0.10,
+    # P2 = bytes of `p2_row` at full scale (≤ 0.10) and its WER in real FL at small scale (within 3%)
+    p2_quality = _p2_quality(cfg)
+    p2_bytes = summary["P2_transport_ratio_by_row"].get(cfg.p2_row)
+    summary["P2"] = {"row": cfg.p2_row, "transport_ratio": p2_bytes, "quality": p2_quality}
+    summary["met"] = {"P1": summary["P1_peak_ratio"] <= 0.20,
+                      "P2": p2_bytes is not None and p2_bytes <= 0.10 and bool(p2_quality and p2_quality["within_3pct"]),
                       "P3": summary["P3_step_time_ratio"] <= 1.3}
     write_json(out_dir / "summary.json", summary)
     plotting.efficiency_memory(rows, ROOT / cfg.figure)
+
+
+def _p2_quality(cfg: EfficiencyConfig) -> dict[str, Any] | None:
+    """The small-scale WER change of ``cfg.quality_variant`` vs its reference run (None if not run yet)."""
+    path = ROOT / cfg.quality_summary
+    if not cfg.quality_variant or not path.exists():
+        return None
+    q = json.loads(path.read_text())
+    row = next((r for r in q.get("relative", []) if r["variant"] == cfg.quality_variant), None)
+    if row is None:
+        return None
+    return {"variant": cfg.quality_variant, "reference": q.get("relative_to"), "summary": cfg.quality_summary,
+            "wer_user": row["wer_user"], "wer_user_rel": row["wer_user_rel"],
+            "small_scale_transport_ratio": row["transport_ratio"], "within_3pct": row["wer_user_rel"] <= 0.03}
 
 
 def budget_sweep(cfg: EfficiencyConfig, row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -134,9 +134,12 @@ print({k: round(v, 3) for k, v in summary.items() if k.startswith("P") and isins
     ("md", """## Quality cost at small scale
 
 The same techniques in real federated training (Flower, FedSGD + server Adam) of the quick seed
-model: transport compression (fp16 down, unbiased int8 up) and partial training (top-3 blocks; a
-random half per client and round, PVT-style) against the uncompressed run. Every row uses the
-same labels — the reference transcripts, an oracle used only to compare the methods with each other."""),
+model: transport compression (fp16 down, unbiased int8 up), partial training (top-3 blocks; a
+random half per client and round, PVT-style) and **Online Model Compression inside the client
+update** (`fed.omc-bits`: the download travels in the clients' OMC storage format, 8 or 4 bits per
+weight-matrix value, and the gradient is taken at the dequantized weights) against the uncompressed
+run. The last two rows are candidate stacks for P2. Every row uses the same labels — the reference
+transcripts, an oracle used only to compare the methods with each other."""),
     ("code", """from fedasr import config, experiments
 
 qexp = config.load(experiments.FederatedExperiment, quality_cost_config)
@@ -144,6 +147,11 @@ qruns = experiments.run_federated_experiment(qexp, rerun=rerun)
 for r in experiments.variant_rows(qruns):
     print(f"{r['variant']:20s} WER user {r['initial']['wer_user']:.3f} -> {r['final']['wer_user']:.3f}  "
           f"proxy {r['final']['wer_proxy']:.3f}  MiB down {r['bytes_down']/MiB:7.1f} up {r['bytes_up']/MiB:7.1f}")
+qsummary = results.read_json(f"{qexp.results_root}/{qexp.experiment}/summary.json")
+print(f"\nrelative to {qsummary['relative_to']}: transport = (down+up) bytes ratio (P2 <= 0.10), "
+      f"WER = final user WER change (<= +3%)")
+for r in qsummary["relative"]:
+    print(f"{r['variant']:30s} transport {r['transport_ratio']:.3f}  WER {100*r['wer_user_rel']:+5.1f}%  P2 met: {r['p2_met']}")
 plotting.federated_curves({n: run.rounds() for n, run in qruns.items()},
                           out=f"{figures}/efficiency_quality_cost.png", title="Quality cost");"""),
 ]
