@@ -17,7 +17,7 @@ from fedasr import asr_task, config as config_lib, results
 from fedasr.federated.core import FedConfig, FederatedConfig, RunSpec, TaskSpec
 
 __all__ = ["FederatedExperiment", "run_federated_experiment", "variant_rows", "relative_rows", "QualityExperiment",
-           "run_quality_experiment", "quality_rows"]
+           "run_quality_experiment", "quality_rows", "quality_targets"]
 
 
 @dataclass
@@ -190,7 +190,7 @@ def run_quality_experiment(exp: QualityExperiment, rerun: bool = True) -> list[d
     runs = run_federated_experiment(fed_exp, rerun=rerun)
     rows = quality_rows(exp, runs)
     results.write_json(root / "wer.json", rows)
-    top.write_summary({"rows": rows, "corrections": corrections.summarize(records),
+    top.write_summary({"rows": rows, "targets": quality_targets(rows), "corrections": corrections.summarize(records),
                        "filter": refinement.filter_report(records, exp.filter),
                        "label_stores": stores, "synthetic_speech": True})
     return rows
@@ -212,6 +212,24 @@ def quality_rows(exp: QualityExperiment, runs: dict[str, results.RunDir]) -> lis
         rows[-1].update(clients_selected=len(selected & labelled), utterances_labelled=sum(bool(x.get("label")) for x in lines),
                         clients_failed=s.get("clients_failed"), run=str(run.path))
     return rows
+
+
+def quality_targets(rows: list[dict], user: float = -0.20, new_terms: float = -0.30,
+                    proxy: float = 0.03) -> dict[str, Any]:
+    """Issue 6's targets: the last row (full refinement) vs the first (seed), relative changes and whether met.
+
+    Met when user WER falls by ≥ 20%, new-terms WER by ≥ 30% and proxy WER rises by ≤ 3% (relative).
+    """
+    seed, full = rows[0], rows[-1]
+
+    def rel(key: str) -> float | None:
+        a, b = seed.get(key), full.get(key)
+        return None if a in (None, 0) or b is None else b / a - 1.0
+
+    changes = {"wer_user": rel("wer_user"), "wer_new_terms": rel("wer_new_terms"), "wer_proxy": rel("wer_proxy")}
+    bounds = {"wer_user": user, "wer_new_terms": new_terms, "wer_proxy": proxy}
+    met = {k: v is not None and v <= bounds[k] for k, v in changes.items()}
+    return {"compare": [seed["variant"], full["variant"]], "relative_change": changes, "bounds": bounds, "met": met}
 
 
 def _quality_row(variant: str, rounds: int | None, ev: dict) -> dict:

@@ -59,3 +59,13 @@ def test_relative_rows_against_the_reference_variant():
     assert rel["small"]["transport_ratio"] == pytest.approx(0.10) and rel["small"]["wer_user_rel"] == pytest.approx(0.025)
     assert rel["small"]["p2_met"] and not rel["fp32"]["p2_met"]
     assert rel["worse"]["transport_ratio"] == pytest.approx(0.09) and not rel["worse"]["p2_met"]  # 5% worse
+
+
+def test_quality_targets_compare_full_refinement_with_the_seed():
+    rows = [{"variant": "seed", "wer_user": 1.0, "wer_new_terms": 1.0, "wer_proxy": 0.5},
+            {"variant": "no_refinement", "wer_user": 0.5, "wer_new_terms": 0.5, "wer_proxy": 0.5},
+            {"variant": "full", "wer_user": 0.79, "wer_new_terms": 0.71, "wer_proxy": 0.52}]
+    t = experiments.quality_targets(rows)
+    assert t["compare"] == ["seed", "full"]
+    assert t["relative_change"]["wer_user"] == pytest.approx(-0.21)
+    assert t["met"] == {"wer_user": True, "wer_new_terms": False, "wer_proxy": False}  # -29% and +4%

@@ -302,7 +302,8 @@ def test_quality_ablation_config_loads_and_rejects_typos():
 
     path = Path(__file__).parents[1] / "configs" / "quality" / "quick.toml"
     exp = config.load(experiments.QualityExperiment, path)
-    assert list(exp.variants)[0] == "no_refinement" and list(exp.variants)[-1] == "wca_frequency"
+    assert list(exp.variants)[:2] == ["central_only", "no_refinement"] and list(exp.variants)[-1] == "wca_frequency"
+    assert exp.variants["central_only"]["fed"]["central-mix"] == 1.0 and 0 < exp.fed.central_mix < 1
     assert exp.variants["no_refinement"]["labels"] == "hypotheses"
     assert exp.variants["wca_frequency"]["fed"]["weighting"] == "frequency"
     with pytest.raises(config.ConfigError, match="max-char-edt"):

@@ -172,6 +172,14 @@ users. Columns: WER on unseen users (`wer_user`), on the **new terms** of held-o
 training users (their own contacts and places, `wer_new_terms`), and on the proxy domain
 (`wer_proxy`, forgetting).
 
+**Joint training with server data (Mixed FL).** The paper's introduction notes that FL "can also be
+combined with centralized server training under a joint training framework"; without it our runs
+forget the proxy domain. Every federated row therefore mixes, each round, an update on 64 of the
+server's own proxy utterances into the step: (1 − α)·clients + α·server (`fed.central-mix`, α
+chosen on `configs/quality/mixing.toml`, results in `results/quality-mixing/`). The `central_only`
+row (α = 1) is the control: what the server's proxy data alone does in the same rounds, so the
+difference to the other rows is what the clients' data and the refinement add.
+
 *All training speech is synthetic.*"""),
     ("params", """# Parameters (papermill -p NAME VALUE); paths are relative to the repository root
 config_file = "configs/quality/quick.toml"   # task, federated settings, simulated users, variants
