@@ -57,8 +57,8 @@ def test_relative_rows_against_the_reference_variant():
     rel = {r["variant"]: r for r in experiments.relative_rows(rows, "fp32")}
     assert rel["fp32"]["transport_ratio"] == 1.0 and rel["fp32"]["wer_user_rel"] == 0.0
     assert rel["small"]["transport_ratio"] == pytest.approx(0.10) and rel["small"]["wer_user_rel"] == pytest.approx(0.025)
-    assert rel["small"]["p2_met"] and not rel["fp32"]["p2_met"]
-    assert rel["worse"]["transport_ratio"] == pytest.approx(0.09) and not rel["worse"]["p2_met"]  # 5% worse
+    assert rel["small"]["within_3pct"] and rel["fp32"]["within_3pct"]
+    assert rel["worse"]["transport_ratio"] == pytest.approx(0.09) and not rel["worse"]["within_3pct"]  # 5% worse
 
 
 def test_quality_targets_compare_full_refinement_with_the_seed():
