@@ -6,6 +6,7 @@ to inject faults Flower would report (errors, lost replies, corrupted payloads).
 the same apps on Flower's Simulation Engine, ``flwr run`` and the Deployment Engine.
 """
 
+import dataclasses
 import json
 import os
 import tomllib
@@ -188,6 +189,8 @@ def test_pyproject_run_config_matches_the_dataclass_defaults():
     assert app["components"] == {"serverapp": "fedasr.federated.server_app:app",
                                  "clientapp": "fedasr.federated.client_app:app"}
     assert core.config_from_run_config(flatten_dict(app["config"])) == FederatedConfig()
+    # every fed.* knob is listed, so `flwr run --run-config` overrides of any of them are known keys
+    assert set(app["config"]["fed"]) == {f.name.replace("_", "-") for f in dataclasses.fields(core.FedConfig)}
 
 
 def test_run_config_args_round_trip_through_flowers_parser(tmp_path):
