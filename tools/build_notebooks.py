@@ -185,13 +185,14 @@ difference to the other rows is what the clients' data and the refinement add.
     ("params", """# Parameters (papermill -p NAME VALUE); paths are relative to the repository root
 config_file = "configs/quality/quick.toml"   # task, federated settings, simulated users, variants
 overrides = {}                               # e.g. {"fed.num-rounds": 5}
+rerun = True                                 # False: keep finished variant runs, only rebuild table and plots
 figures = "results/figures\""""),
     ("code", SETUP + """
 from fedasr import config, experiments, plotting, results
 
 exp = config.load(experiments.QualityExperiment, config_file, overrides)
 print(config.to_dict(exp))"""),
-    ("code", """rows = experiments.run_quality_experiment(exp)
+    ("code", """rows = experiments.run_quality_experiment(exp, rerun=rerun)
 print(f"{'variant':15s} {'rounds':>6s} {'user':>7s} {'new terms':>9s} {'proxy':>7s}")
 for r in rows:
     f = lambda v: f"{100*v:6.1f}%" if v is not None else "   n/a"
@@ -202,7 +203,11 @@ print("simulated users:", json.dumps({k: summary["corrections"][k] for k in
       ("utterances", "clients_with_corrections", "corrected", "wrong_rate", "incorrect_rate") if k in summary["corrections"]}))
 print("filter: share of wrong corrections removed", summary["filter"].get("wrong_removed"),
       "| of all incorrect labels", summary["filter"].get("incorrect_removed"),
-      "| right corrections kept", summary["filter"].get("correct_kept"))"""),
+      "| right corrections kept", summary["filter"].get("correct_kept"))
+t = summary["targets"]
+print(f"targets ({t['compare'][1]} vs {t['compare'][0]}):",
+      {k: f"{100*v:+.1f}% (bound {100*t['bounds'][k]:+.0f}%: {'met' if t['met'][k] else 'not met'})"
+       for k, v in t["relative_change"].items()})"""),
     ("code", """runs = {r["variant"]: results.read_jsonl(f"{r['run']}/rounds.jsonl") for r in rows if r.get("run")}
 plotting.federated_curves(runs, metrics=("wer_user", "wer_new_terms_seen", "wer_proxy"),
                           out=f"{figures}/quality_curves.png", title="User corrections");"""),
