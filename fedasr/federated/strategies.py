@@ -19,6 +19,12 @@ exact encoded bytes (`fedasr.compression.payload_bytes`); uploads are decoded be
 partial training a client uploads only the variables it trained and `core.aggregate` averages each
 variable over the clients that sent it (the server optimizer leaves the others untouched).
 
+Online Model Compression (``fed.omc-bits``): the download is the clients' OMC storage format
+(`omc.encode_state` over the variables `omc.select_quantized` picks, which the ServerApp passes in), and
+the server keeps fp32 weights. Mixed FL (``fed.central-mix``): after aggregating, the server mixes in an
+update on its own proxy data (``central_update``, `core.central_update`): ``(1 − α)·Ḡ + α·G_server``; if
+that fails the clients' aggregate is applied alone and the reason recorded.
+
 Faults: an error reply (the ClientApp raised), a missing reply (timeout), or an update that
 `core.validate_update` rejects (NaN/Inf, wrong shape, unknown or missing variable) excludes that client
 and is recorded with its reason; with fewer than ``fed.min-successful-clients`` usable updates the round
