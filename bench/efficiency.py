@@ -7,9 +7,15 @@ preset (129M Conformer RNN-T) in a fresh process (`fedasr.memory.measure_peak`):
     fedsgd                  FedSGD: one gradient at the global weights, no client optimizer state
     +small_batch            micro-batches of 1 utterance (the gradient is still over all 4)
     +checkpointing          every Conformer block recomputed in backward
-    +transport_compression  download fp16, upload int8 with stochastic rounding + zlib
-    +omc                    weights stored int8 (OMC), downloaded in that format, dequantized on use
+    +transport_compression  download fp16, upload with stochastic rounding + zlib (``upload``: int8 by
+                            default; int4 in configs/efficiency/paper.toml)
+    +omc                    weights stored quantized (OMC; ``omc``: 8-bit per variable by default, 4-bit
+                            per channel in paper.toml), downloaded in that format, dequantized on use
     +partial                the largest top-k block set whose analytic peak fits the client's budget
+
+P2 pairs the bytes of ``p2_row`` (default ``+omc``) with the final user WER of the same codecs in real
+federated training at small scale (``quality_variant`` in ``quality_summary``, written by
+configs/efficiency/quality_cost.toml), which must be within 3% of its uncompressed run.
 
 Utterance set (fixed, documented; real audio is not needed for memory): ``utterances`` = 4 utterances
 of ``seconds`` = 8 s, i.e. 800 frames of 80 standard-normal "log-mel" values (the model's normaliser
