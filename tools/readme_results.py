@@ -22,22 +22,27 @@ def _pct(v) -> str:
 
 
 def seed_table() -> list[str]:
-    s = _load("results/seed/summary.json")
-    if not s:
+    runs = {p: _load(f"results/{d}/summary.json") for p, d in (("quick", "seed"), ("full", "seed-full"))}
+    runs = {p: s for p, s in runs.items() if s}
+    if not runs:
         return ["*No seed run yet (`make seed`).*"]
-    return [
-        f"**Seed model** (`results/seed/summary.json`): `{s['preset']}` preset, {s['head'].upper()} over {s['units']} "
-        f"units, {s['params'] / 1e6:.2f}M parameters, {s['train_seconds'] / 60:.0f} CPU-minutes on {s['workers']} "
-        f"processes ({s['steps']} steps), proxy domain only.",
-        "",
-        "| test set | WER | CER |",
-        "|---|---|---|",
-        f"| proxy (server domain) | {_pct(s['wer']['proxy'])} | {_pct(s['cer']['proxy'])} |",
-        f"| user domain, unseen users | {_pct(s['wer']['user'])} | {_pct(s['cer']['user'])} |",
-        f"| user domain, new terms (client names/places) | {_pct(s['wer']['new_terms'])} | |",
-        f"| user domain, no new terms | {_pct(s['wer'].get('user_no_terms'))} | |",
-        f"| real speech (Asterisk, 1 speaker) | {_pct(s['wer']['real'])} | {_pct(s['cer']['real'])} |",
-    ]
+    out = []
+    for profile, s in runs.items():
+        folder = "seed" if profile == "quick" else "seed-full"
+        out.append(f"**Seed model, {profile} profile** (`results/{folder}/summary.json`): `{s['preset']}` preset, "
+                   f"{s['head'].upper()} over {s['units']} units, {s['params'] / 1e6:.2f}M parameters, "
+                   f"{s['train_seconds'] / 60:.0f} CPU-minutes on {s['workers']} processes ({s['steps']} steps) on "
+                   f"`{s['corpus']}`, proxy domain only.")
+    cols = list(runs)
+    out += ["", "| test set | " + " | ".join(f"WER {p} | CER {p}" for p in cols) + " |",
+            "|---|" + "---|---|" * len(cols)]
+    for label, key, cer in (("proxy (server domain)", "proxy", True), ("user domain, unseen users", "user", True),
+                            ("user domain, new terms (client names/places)", "new_terms", False),
+                            ("user domain, no new terms", "user_no_terms", False),
+                            ("real speech (Asterisk, 1 speaker)", "real", True)):
+        cells = [f"{_pct(s['wer'].get(key))} | {_pct(s['cer'].get(key)) if cer else ''}" for s in runs.values()]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out
 
 
 def federated_table() -> list[str]:
