@@ -74,8 +74,11 @@ def test_omc_fedavg_requantizes_local_sgd_steps(tmp_path):
     ({"omc_bits": 3}, "omc-bits"),
     ({"omc_bits": 8, "download_codec": "fp16"}, "download-codec must be 'none'"),
     ({"omc_bits": 8, "strategy": "fedavg", "client_optimizer": "adam"}, "client-optimizer must be 'sgd'"),
-    ({"omc_bits": 8, "omc_transform": "per_tensor"}, "transform"),
+    ({"omc_bits": 8, "omc_transform": "per_tensor"}, "omc-transform"),
+    ({"omc_transform": "per_tensor"}, "omc-transform"),  # checked even while OMC is off
     ({"omc_bits": 8, "omc_rounding": "up"}, "omc-rounding"),
+    ({"omc_fp32_fraction": 1.5}, "omc-fp32-fraction"),
+    ({"central_mix": 1.5}, "central-mix"),
     ({"partial_policy": "budget", "partial_budget_mib": -1}, "partial-budget-mib"),
 ])
 def test_bad_omc_and_budget_settings_are_named(kw, match):

@@ -197,8 +197,13 @@ class FedConfig:
             raise ValueError("central-mix must be in [0, 1] and central-examples >= 1")
         if self.omc_bits not in (0, 2, 4, 8, 16):
             raise ValueError(f"omc-bits must be 0 (off), 2, 4, 8 or 16, got {self.omc_bits}")
+        if self.omc_transform not in ("per_variable", "per_channel", "global"):
+            raise ValueError(f"omc-transform must be 'per_variable', 'per_channel' or 'global', got {self.omc_transform!r}")
+        if self.omc_rounding not in ("nearest", "stochastic"):
+            raise ValueError(f"omc-rounding must be 'nearest' or 'stochastic', got {self.omc_rounding!r}")
+        if not 0.0 <= self.omc_fp32_fraction <= 1.0:
+            raise ValueError(f"omc-fp32-fraction must be in [0, 1], got {self.omc_fp32_fraction}")
         if self.omc_bits:
-            self.omc_config()  # validates transform, fraction and rounding
             if self.download_codec != "none":
                 raise ValueError(f"omc-bits = {self.omc_bits}: the download travels in the OMC storage format, so "
                                  f"download-codec must be 'none' (got {self.download_codec!r})")
@@ -233,8 +238,6 @@ class FedConfig:
             return None
         from fedasr.omc import OMCConfig
 
-        if self.omc_rounding not in ("nearest", "stochastic"):
-            raise ValueError(f"omc-rounding must be 'nearest' or 'stochastic', got {self.omc_rounding!r}")
         return OMCConfig(bits=self.omc_bits, transform=self.omc_transform, fp32_fraction=self.omc_fp32_fraction,
                          rounding=self.omc_rounding)
 
