@@ -29,6 +29,7 @@ def seed_table() -> list[str]:
     out = []
     for profile, s in runs.items():
         folder = "seed" if profile == "quick" else "seed-full"
+        out += [""] if out else []
         out.append(f"**Seed model, {profile} profile** (`results/{folder}/summary.json`): `{s['preset']}` preset, "
                    f"{s['head'].upper()} over {s['units']} units, {s['params'] / 1e6:.2f}M parameters, "
                    f"{s['train_seconds'] / 60:.0f} CPU-minutes on {s['workers']} processes ({s['steps']} steps) on "
