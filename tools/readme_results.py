@@ -80,7 +80,7 @@ def efficiency_table() -> list[str]:
         q = p2.get("quality") or {}
         p2_text = (f"P2 transport ratio {p2.get('transport_ratio') or float('nan'):.3f} for the `{p2.get('row')}` row "
                    f"(≤ 0.10) with user WER {100 * q['wer_user_rel']:+.1f}% vs uncompressed in real FL at small scale "
-                   f"(`{q['variant']}`, within 3%)" if q else "P2 quality not measured")
+                   f"(`{q['variant']}`; limit +3%)" if q else "P2 quality not measured")
         out += ["", f"P1 peak ratio {s['P1_peak_ratio']:.3f} (target ≤ 0.20: {'met' if met.get('P1') else 'not met'}); "
                 f"{p2_text}: {'met' if met.get('P2') else 'not met'}; the full stack with partial training sends "
                 f"{s['P2_transport_ratio']:.3f}; P3 step-time ratio {s['P3_step_time_ratio']:.2f} (≤ 1.3: "

@@ -9,7 +9,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedasr import compression, omc
+from fedasr import omc
 from fedasr.federated import core
 from fedasr.federated.core import FederatedConfig, FederatedTask
 from fedasr.federated.strategies import ANY_CLIENT, DOWNLOAD_META, HOSTS_QUERY, TRANSPORT, UPLOAD_META
@@ -49,11 +49,8 @@ def _global_state(msg: Message, conf: ConfigRecord, fed: core.FedConfig,
     """The round's global weights from the TRAIN message (fp32, transport-decoded, or adopted OMC codes)."""
     if DOWNLOAD_META not in conf:
         return msg.content["arrays"].to_torch_state_dict()
-    arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-    if fed.omc_bits:  # the OMC storage format: adopt the codes, never materialise fp32 weights
-        omc.load_payload(model, compression.from_arrays(arrays, str(conf[DOWNLOAD_META])))
-        return omc.resident_state(model)
-    return core.decode_arrays(arrays, str(conf[DOWNLOAD_META]))[0]
+    return core.decode_download({k: v.numpy() for k, v in msg.content["arrays"].items()}, str(conf[DOWNLOAD_META]),
+                                fed, model)
 
 
 def _resolve(cfg: FederatedConfig | None, context: Context) -> FederatedConfig:

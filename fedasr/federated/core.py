@@ -56,6 +56,8 @@ __all__ = [
     "mix_central",
     "encode_arrays",
     "decode_arrays",
+    "encode_download",
+    "decode_download",
     "validate_update",
     "aggregate",
     "ServerOptimizer",
@@ -243,8 +245,9 @@ class FedConfig:
 
     @property
     def compress_download(self) -> bool:
-        """True when the download travels encoded (otherwise: the fp32 ArrayRecord, as without compression)."""
-        return self.download_codec != "none"
+        """True when the download travels encoded (a codec, or the OMC storage format; otherwise the fp32
+        ArrayRecord, as without compression)."""
+        return self.download_codec != "none" or self.omc_bits > 0
 
     @property
     def compress_upload(self) -> bool:
@@ -583,20 +586,28 @@ def client_update(
     return update
 
 
+def _seeded_update(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor], cfg: FedConfig, seed: int,
+                   batches_for: Callable[[int], Iterable[Any]], who: str) -> Update:
+    """Run ``cfg.strategy``'s update with torch's RNG forked and seeded by ``seed`` (dropout, SpecAugment).
+
+    FedSGD trains on ``batches_for(seed)``; FedAvg's epoch e on ``batches_for(derive_seed(seed, "epoch", e))``,
+    so the data can be reshuffled per epoch.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if cfg.strategy == "fedsgd":
+            return fedsgd_client_update(model, global_state, batches_for(seed), who)
+        if cfg.strategy == "fedavg":
+            return fedavg_client_update(model, global_state, lambda e: batches_for(derive_seed(seed, "epoch", e)),
+                                        cfg, who)
+    raise ValueError(f"unknown strategy {cfg.strategy!r}")
+
+
 def _client_update(task: FederatedTask, model: torch.nn.Module, client_id: str,
                    global_state: Mapping[str, torch.Tensor], cfg: FedConfig, client_seed: int) -> Update:
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(client_seed)
-        if cfg.strategy == "fedsgd":
-            batches = task.client_batches(client_id, cfg.micro_batch, client_seed)
-            update = fedsgd_client_update(model, global_state, batches, client_id)
-        elif cfg.strategy == "fedavg":
-            def per_epoch(epoch: int) -> Iterable[Any]:
-                return task.client_batches(client_id, cfg.micro_batch, derive_seed(client_seed, "epoch", epoch))
-            update = fedavg_client_update(model, global_state, per_epoch, cfg, client_id)
-        else:
-            raise ValueError(f"unknown strategy {cfg.strategy!r}")
+    update = _seeded_update(model, global_state, cfg, client_seed,
+                            lambda s: task.client_batches(client_id, cfg.micro_batch, s), client_id)
     if hasattr(task, "client_metrics"):  # e.g. WCA statistics the device reports (paper §2.5)
         update.metrics.update(task.client_metrics(client_id))
     update.metrics["compute-s"] = time.perf_counter() - t0
@@ -608,21 +619,15 @@ def central_update(task: FederatedTask, model: torch.nn.Module, global_state: Ma
     """The server's own update on its proxy data (Mixed FL; ``cfg.central_mix``): same maths as a client's.
 
     FedSGD: the mean gradient at the global weights over ``cfg.central_examples`` utterances from
-    ``task.central_batches``; FedAvg: ``cfg.local_epochs`` local epochs over them and the delta. The
-    sample and all randomness come from ``(cfg.seed, round)``.
+    ``task.central_batches``; FedAvg: ``cfg.local_epochs`` local epochs over the same sample and the delta.
+    The sample and all randomness come from ``(cfg.seed, round)``.
     """
     if not hasattr(task, "central_batches"):
         raise ValueError("central-mix > 0 needs a task with server-side data (central_batches)")
     seed = derive_seed("central", cfg.seed, server_round)
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if cfg.strategy == "fedsgd":
-            update = fedsgd_client_update(model, global_state,
-                                          task.central_batches(cfg.micro_batch, seed, cfg.central_examples), "central")
-        else:
-            batches = task.central_batches(cfg.micro_batch, seed, cfg.central_examples)
-            update = fedavg_client_update(model, global_state, batches, cfg, "central")
+    batches = task.central_batches(cfg.micro_batch, seed, cfg.central_examples)  # featurized once, every epoch
+    update = _seeded_update(model, global_state, cfg, seed, lambda _: batches, "central")
     update.metrics["compute-s"] = time.perf_counter() - t0
     return update
 
@@ -664,6 +669,31 @@ def decode_arrays(arrays: Mapping[str, np.ndarray], meta: str) -> tuple[dict[str
 
     payload = compression.from_arrays(arrays, meta)
     return compression.decompress(payload), compression.payload_bytes(payload)
+
+
+def encode_download(state: Mapping[str, torch.Tensor], cfg: FedConfig, omc_names: Sequence[str],
+                    generator: torch.Generator | None = None) -> tuple[dict[str, np.ndarray], str, int]:
+    """The round's download for the wire, as `encode_arrays` returns it: ``cfg.download_codec``, or with
+    ``cfg.omc_bits`` the clients' OMC storage format (``omc_names`` quantized; paper §2.4.1)."""
+    if not cfg.omc_bits:
+        return encode_arrays(state, cfg.download_codec_config(), generator)
+    from fedasr import compression, omc
+
+    payload = omc.encode_state(state, omc_names, cfg.omc_config(), generator)
+    arrays, meta = compression.to_arrays(payload)
+    return arrays, meta, compression.payload_bytes(payload)
+
+
+def decode_download(arrays: Mapping[str, np.ndarray], meta: str, cfg: FedConfig,
+                    model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The global weights from `encode_download`'s arrays. OMC: ``model`` adopts the codes as its storage
+    (`omc.load_payload`, no fp32 copy) and its resident tensors are returned; otherwise the decoded state."""
+    if not cfg.omc_bits:
+        return decode_arrays(arrays, meta)[0]
+    from fedasr import compression, omc
+
+    omc.load_payload(model, compression.from_arrays(arrays, meta))
+    return omc.resident_state(model)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -139,17 +139,9 @@ class FedAsrStrategy(FedAvg):
         # Build the messages: global arrays + this client's config
         base = {**core.fed_to_flat(self.fed), **dict(config), "server-round": server_round}
         down_bytes = core.payload_bytes(arrays)
-        if self.fed.compress_download or self.fed.omc_bits:  # one encoding per round, sent to every sampled client
+        if self.fed.compress_download:  # one encoding per round (a codec or OMC codes), sent to every sampled client
             gen = torch.Generator().manual_seed(core.derive_seed("download", self.fed.seed, server_round))
-            if self.fed.omc_bits:  # the client's OMC storage format (paper §2.4.1): it adopts these codes
-                from fedasr import compression, omc
-
-                payload = omc.encode_state(arrays.to_torch_state_dict(), self.omc_names, self.fed.omc_config(), gen)
-                enc, meta = compression.to_arrays(payload)
-                down_bytes = compression.payload_bytes(payload)
-            else:
-                enc, meta, down_bytes = core.encode_arrays(arrays.to_torch_state_dict(),
-                                                           self.fed.download_codec_config(), gen)
+            enc, meta, down_bytes = core.encode_download(arrays.to_torch_state_dict(), self.fed, self.omc_names, gen)
             arrays = ArrayRecord({k: Array(v) for k, v in enc.items()})
             base[DOWNLOAD_META] = meta
         self._sent = []
