@@ -333,11 +333,30 @@ def cli_main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preset", help="model preset (Default: paper)")
     ap.add_argument("--out-dir", help="result folder (Default: results/efficiency)")
     ap.add_argument("--budget-mib", type=int, help="+partial row's memory budget in MiB (Default: 768)")
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="measure nothing: rebuild summary.json from the last memory.json and the current "
+                         "small-scale quality summary (P2's WER half)")
     args = ap.parse_args(argv)
     flags = {"preset": args.preset, "out_dir": args.out_dir, "budget_mib": args.budget_mib}
     overrides = {k: v for k, v in flags.items() if v is not None}
     torch.set_num_threads(1)
-    run(load(EfficiencyConfig, args.config, overrides))
+    cfg = load(EfficiencyConfig, args.config, overrides)
+    if args.summarize_only:
+        resummarize(cfg)
+    else:
+        run(cfg)
+
+
+def resummarize(cfg: EfficiencyConfig) -> dict[str, Any]:
+    """Rewrite ``summary.json`` from the measured rows of the last run (``memory.json``), e.g. after the
+    small-scale quality-cost runs were redone: P2's WER half is read from ``cfg.quality_summary`` again."""
+    out_dir = ROOT / cfg.out_dir
+    rows = json.loads((out_dir / "memory.json").read_text())
+    fp32_bytes = json.loads((out_dir / "summary.json").read_text())["fp32_model_bytes"]
+    if not rows or any("settings" not in r for r in rows):
+        raise ValueError(f"{out_dir / 'memory.json'} holds no measured rows; run the table first")
+    _write(cfg, rows, {}, fp32_bytes)
+    return json.loads((out_dir / "summary.json").read_text())
 
 
 if __name__ == "__main__":

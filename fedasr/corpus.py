@@ -78,7 +78,7 @@ class Profile:
 
 PROFILES = {
     "tiny": Profile("tiny", 150, 20, 30, 10, 3, utt_median=6, utt_sigma=0.5, utt_min=4, utt_max=12, real=20),
-    "quick": Profile("quick", 3000, 200, 300, 120, 20, utt_median=15, utt_sigma=0.7, utt_min=4, utt_max=60),
+    "quick": Profile("quick", 10000, 200, 300, 120, 20, utt_median=15, utt_sigma=0.7, utt_min=4, utt_max=60),
     "full": Profile("full", 20000, 500, 1000, 500, 60, utt_median=20, utt_sigma=0.9, utt_min=4, utt_max=150),
 }
 
@@ -591,7 +591,7 @@ def _write_outputs(out: Path, profile: Profile, seed: int, nonfree: bool, plan: 
 
 def is_up_to_date(out: str | Path, profile: str, seed: int = 0, nonfree: bool = False) -> bool:
     """Whether ``out`` already holds this generator's corpus for (profile, seed, nonfree), complete:
-    same generator version and settings, manifests matching their recorded sha256, every audio file present."""
+    same generator version, settings and profile sizes, manifests matching their recorded sha256, every audio file present."""
     out = Path(out)
     try:
         record = json.loads((out / "corpus.json").read_text())
@@ -600,6 +600,8 @@ def is_up_to_date(out: str | Path, profile: str, seed: int = 0, nonfree: bool = 
     if (record.get("generator_version"), record.get("profile"), record.get("seed"), record.get("nonfree")) != \
             (GENERATOR_VERSION, profile, seed, nonfree):
         return False
+    if profile in PROFILES and record.get("sizes") != asdict(PROFILES[profile]):
+        return False  # the profile's sizes changed since this corpus was built
     for rel, digest in record.get("sha256", {}).items():
         if not (out / rel).exists() or _sha256(out / rel) != digest:
             return False

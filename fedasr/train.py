@@ -26,7 +26,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -52,7 +52,10 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many updates as well (0 = no step limit)
     batch_seconds: float = 30.0  # padded audio per rank per step, seconds (calibration: 30 s)
     peak_lr: float = 2e-3  # Adam peak learning rate (calibration: 1e-3 stayed on the blank plateau)
-    warmup_steps: int = 100  # linear warm-up, then inverse-sqrt decay (independent of run length)
+    warmup_steps: int = 100  # linear warm-up steps, then the decay of ``lr_schedule``
+    lr_schedule: Literal["inverse-sqrt", "cosine"] = "inverse-sqrt"  # see `_lr`
+    final_lr_fraction: float = 0.02  # lr at the end of the budget, as a fraction of the schedule's lr there
+    cooldown_fraction: float = 0.0  # last share of the budget over which lr falls linearly to final_lr_fraction x
     adam_beta2: float = 0.98  # Transformer-style Adam (0.9, 0.98, eps 1e-9)
     grad_clip: float = 5.0  # global gradient-norm clip
     sortagrad_epochs: int = 1  # epochs with batches in shortest-first order (SortaGrad)
@@ -62,6 +65,15 @@ class TrainConfig:
     eval_max_utterances: int = 150  # size of that dev slice
     checkpoint_every_steps: int = 250  # resumable checkpoint (0 = only at the end)
     seed: int = 0  # seeds weights, batch order and dropout
+
+    def __post_init__(self) -> None:
+        if self.max_minutes <= 0 and self.max_steps <= 0:
+            raise ValueError("train: set max-minutes > 0 or max-steps > 0 (the training budget)")
+        if not (0.0 <= self.final_lr_fraction <= 1.0 and 0.0 <= self.cooldown_fraction <= 1.0):
+            raise ValueError(f"train: final-lr-fraction ({self.final_lr_fraction}) and cooldown-fraction "
+                             f"({self.cooldown_fraction}) must lie in [0, 1]")
+        if self.peak_lr <= 0 or self.warmup_steps < 1 or self.batch_seconds <= 0 or self.workers < 1:
+            raise ValueError("train: peak-lr, warmup-steps, batch-seconds and workers must be positive")
 
 
 @dataclass
@@ -94,10 +106,36 @@ def featurize(utterances: Sequence[data_lib.Utterance], fcfg: feats_lib.FeatureC
         return {u.id: frontend(torch.from_numpy(x)) for u, x in data_lib.iter_audio(utterances, report=report)}
 
 
-def _lr(step: int, tcfg: TrainConfig) -> float:
-    """Linear warm-up to ``peak_lr``, then ``peak_lr * sqrt(warmup / step)`` (Vaswani et al. 2017)."""
+def budget_progress(step: int, elapsed_s: float, tcfg: TrainConfig) -> float:
+    """How much of the training budget is spent, in [0, 1]: the larger of the time and step fractions."""
+    frac = elapsed_s / (tcfg.max_minutes * 60) if tcfg.max_minutes > 0 else 0.0
+    if tcfg.max_steps:
+        frac = max(frac, step / tcfg.max_steps)
+    return min(max(frac, 0.0), 1.0)
+
+
+def _lr(step: int, tcfg: TrainConfig, progress: float = 0.0) -> float:
+    """Learning rate of update ``step`` (1-based): linear warm-up to ``peak_lr``, then
+
+    * ``"inverse-sqrt"``: ``peak_lr * sqrt(warmup / step)`` (Vaswani et al. 2017): independent of the run's
+      length, so a checkpoint at minute t equals a run of t minutes (calibration.md's recipe), unless
+      ``cooldown_fraction`` > 0 anneals the last part of the budget linearly to ``final_lr_fraction`` x;
+    * ``"cosine"``: from ``peak_lr`` down to ``final_lr_fraction * peak_lr`` as ``progress`` (the share of
+      the time/step budget spent, `budget_progress`) goes 0 → 1 (Loshchilov & Hutter 2017). A fixed budget
+      is what the profiles have ("10 CPU-minutes"), so the run ends annealed instead of at a still-high lr.
+    """
     s = max(step, 1)
-    return tcfg.peak_lr * min(s / tcfg.warmup_steps, math.sqrt(tcfg.warmup_steps / s))
+    if s < tcfg.warmup_steps:
+        return tcfg.peak_lr * s / tcfg.warmup_steps
+    if tcfg.lr_schedule == "cosine":
+        lo = tcfg.final_lr_fraction * tcfg.peak_lr
+        return lo + (tcfg.peak_lr - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    lr = tcfg.peak_lr * math.sqrt(tcfg.warmup_steps / s)
+    left = 1.0 - progress
+    if tcfg.cooldown_fraction > 0 and left < tcfg.cooldown_fraction:
+        # warmup-stable-decay style cooldown (Hägele et al. 2024): linear to final_lr_fraction x at the end
+        lr *= tcfg.final_lr_fraction + (1.0 - tcfg.final_lr_fraction) * left / tcfg.cooldown_fraction
+    return lr
 
 
 def _batch_order(step: int, n: int, tcfg: TrainConfig, rank: int):
@@ -237,19 +275,23 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
         # dropout/SpecAugment randomness is a function of (seed, rank, step): exact resume at any step
         torch.manual_seed((tcfg.seed * 1_000_003 + rank) * 1_000_003 + step)
         batch = feats_lib.collate(batches[b], feats, tokenizer, augment)
-        for g in opt.param_groups:
-            g["lr"] = _lr(step + 1, tcfg)
         opt.zero_grad(set_to_none=False)
         loss_sum, info = model.loss(batch, reduction="sum", on_invalid="skip")
         loss_sum.backward()
         elapsed = trained_s + time.time() - t0
         stop = elapsed >= tcfg.max_minutes * 60 or (tcfg.max_steps and step + 1 >= tcfg.max_steps)
-        # one all_reduce: summed gradients, utterance count, summed loss, stop flag
+        # one all_reduce: summed gradients, utterance count, summed loss, token count, rank 0's clock, stop
+        # flag (every rank takes rank 0's clock, so all ranks use the same learning rate and stop together)
         flat = torch.cat([p.grad.reshape(-1) for p in params] +
-                         [torch.tensor([info["num_utterances"], info["loss_sum"], info["num_tokens"], float(stop)])])
+                         [torch.tensor([info["num_utterances"], info["loss_sum"], info["num_tokens"],
+                                        elapsed if rank == 0 else 0.0, float(stop)])])
         if world > 1:
             dist.all_reduce(flat)
-        n_utts = max(flat[-4].item(), 1.0)
+        elapsed = flat[-2].item()
+        lr = _lr(step + 1, tcfg, budget_progress(step + 1, elapsed, tcfg))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        n_utts = max(flat[-5].item(), 1.0)
         offset = 0
         for p in params:
             p.grad.copy_(flat[offset: offset + p.numel()].view_as(p)).div_(n_utts)
@@ -257,14 +299,14 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
         torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
         opt.step()
         step += 1
-        window["loss"] += flat[-3].item()
-        window["utts"] += int(flat[-4].item())
-        window["tokens"] += int(flat[-2].item())
+        window["loss"] += flat[-4].item()
+        window["utts"] += int(flat[-5].item())
+        window["tokens"] += int(flat[-3].item())
         if rank == 0:
             bar.update(int(elapsed) - bar.n)
             if step % tcfg.log_every_steps == 0 or flat[-1].item() > 0:
                 dt = time.time() - window["t"]
-                row = {"step": step, "epoch": epoch, "lr": _lr(step, tcfg), "train_seconds": round(elapsed, 1),
+                row = {"step": step, "epoch": epoch, "lr": lr, "train_seconds": round(elapsed, 1),
                        "loss_per_utterance": window["loss"] / max(window["utts"], 1),
                        "loss_per_token": window["loss"] / max(window["tokens"], 1),
                        "utterances_per_second": window["utts"] / max(dt, 1e-9)}

@@ -47,3 +47,28 @@ def test_p2_quality_reads_the_named_variant(bench, tmp_path):
     assert bench._p2_quality(bench.EfficiencyConfig(quality_summary=str(path), quality_variant="missing")) is None
     assert bench._p2_quality(bench.EfficiencyConfig(quality_summary=str(tmp_path / "none.json"),
                                                     quality_variant="small")) is None
+
+
+def test_resummarize_refreshes_p2_quality_without_measuring(bench, tmp_path):
+    import shutil
+
+    out = tmp_path / "eff"
+    out.mkdir()
+    for name in ("memory.json", "summary.json"):
+        shutil.copy(ROOT / "results" / "efficiency" / name, out / name)
+    before = json.loads((out / "summary.json").read_text())
+    quality = tmp_path / "q.json"
+    cfg = bench.EfficiencyConfig(out_dir=str(out), figure=str(tmp_path / "fig.png"), quality_summary=str(quality),
+                                 quality_variant="small", p2_row=before["P2"]["row"])
+    for rel, met in ((0.05, False), (0.01, True)):
+        quality.write_text(json.dumps({"relative_to": "fp32", "relative": [
+            {"variant": "small", "transport_ratio": 0.1, "wer_user": 0.8, "wer_user_rel": rel}]}))
+        after = bench.resummarize(cfg)
+        assert after["P2"]["quality"]["wer_user_rel"] == rel and after["met"]["P2"] is (
+            met and after["P2"]["transport_ratio"] <= 0.10)
+        # the measured halves are read back, not re-measured
+        assert after["P1_peak_ratio"] == before["P1_peak_ratio"]
+        assert after["P3_step_time_ratio"] == before["P3_step_time_ratio"]
+    (out / "memory.json").write_text("[]")
+    with pytest.raises(ValueError, match="no measured rows"):
+        bench.resummarize(cfg)

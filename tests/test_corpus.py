@@ -94,6 +94,17 @@ def test_tiny_corpus_json_records_counts_versions_and_hashes(tiny_builds):
     assert 250 <= total <= 350
 
 
+@needs_debian
+def test_up_to_date_only_for_the_same_profile_sizes(tiny_builds, monkeypatch):
+    root = tiny_builds[0]
+    assert corpus.is_up_to_date(root, "tiny", seed=0)
+    assert not corpus.is_up_to_date(root, "tiny", seed=1)
+    import dataclasses
+    bigger = dataclasses.replace(PROFILES["tiny"], proxy_train=PROFILES["tiny"].proxy_train + 1)
+    monkeypatch.setitem(corpus.PROFILES, "tiny", bigger)
+    assert not corpus.is_up_to_date(root, "tiny", seed=0)  # a resized profile rebuilds the corpus
+
+
 # ---------------------------------------------------------------- plan: non-IID user domain
 
 

@@ -79,3 +79,49 @@ def test_bad_audio_in_eval_is_counted_not_fatal(fake_corpus, tmp_path):
                                                                  out=tmp_path / "s").path / "model")
     rep = train.evaluate(model, tok, utts, fcfg)
     assert rep["skipped"] == 1 and rep["utterances"] == 4  # the broken file is counted; the other 4 are scored
+
+
+def test_cosine_schedule_spends_the_budget():
+    t = train.TrainConfig(peak_lr=1e-3, warmup_steps=10, lr_schedule="cosine", final_lr_fraction=0.1,
+                          max_minutes=10.0, max_steps=0)
+    assert train._lr(5, t, 0.0) == pytest.approx(5e-4)  # warm-up is shared with inverse-sqrt
+    assert train._lr(10, t, 0.0) == pytest.approx(1e-3)
+    assert train._lr(500, t, 0.5) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert train._lr(500, t, 1.0) == pytest.approx(1e-4)
+    lrs = [train._lr(50, t, p / 10) for p in range(11)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    # progress is the larger of the time and step fractions, clipped to [0, 1]
+    assert train.budget_progress(0, 300.0, t) == pytest.approx(0.5)
+    t.max_steps = 100
+    assert train.budget_progress(80, 300.0, t) == pytest.approx(0.8)
+    assert train.budget_progress(200, 9e9, t) == 1.0
+    # the default keeps calibration.md's run-length-independent schedule
+    d = train.TrainConfig(peak_lr=1e-3, warmup_steps=100)
+    assert train._lr(400, d, 0.9) == pytest.approx(5e-4)
+
+
+def test_cooldown_anneals_the_end_of_inverse_sqrt():
+    t = train.TrainConfig(peak_lr=1e-3, warmup_steps=100, cooldown_fraction=0.25, final_lr_fraction=0.0)
+    assert train._lr(400, t, 0.75) == pytest.approx(5e-4)  # before the cooldown: plain inverse-sqrt
+    assert train._lr(400, t, 0.875) == pytest.approx(2.5e-4)  # half-way down
+    assert train._lr(400, t, 1.0) == pytest.approx(0.0)
+
+
+def test_bad_schedule_settings_are_named(tmp_path):
+    p = tmp_path / "x.toml"
+    p.write_text('[train]\nlr-schedule = "linear"\n')
+    with pytest.raises(config.ConfigError, match="lr-schedule.*linear"):
+        config.load(train.SeedConfig, p)
+    p.write_text('[train]\ncooldown-fraction = 1.5\n')
+    with pytest.raises(config.ConfigError, match="cooldown-fraction"):
+        config.load(train.SeedConfig, p)
+
+
+def test_two_workers_follow_one_cosine_schedule(fake_corpus, tmp_path):
+    cfg = _cfg(fake_corpus, workers=2, max_steps=4, eval_every_steps=0, lr_schedule="cosine", peak_lr=1e-3,
+               final_lr_fraction=0.0, warmup_steps=1, max_minutes=600.0)
+    rows = train.train_seed(cfg, out=tmp_path / "ddp").rounds()
+    # rank 0's clock is shared in the all_reduce; with a 600-minute budget the step fraction decides
+    for r in rows:
+        assert r["lr"] == pytest.approx(train._lr(r["step"], cfg.train, r["step"] / 4), rel=1e-3)
+    assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
