@@ -50,6 +50,7 @@ __all__ = [
     "ConvSubsampling",
     "Predictor",
     "Joiner",
+    "rnnt_loss",
     "count_parameters",
 ]
 
@@ -167,6 +168,36 @@ class Predictor(nn.Module):
         """
         out, state = self.lstm(self.embedding(tokens), state)
         return self.dropout(out), state
+
+
+def rnnt_loss(logits: torch.Tensor, targets: torch.Tensor, logit_lengths: torch.Tensor,
+              target_lengths: torch.Tensor, blank: int = BLANK) -> torch.Tensor:
+    """Per-utterance RNN-T loss (Graves 2012) through ``torchaudio.functional.rnnt_loss``, on the two
+    log-probabilities its forward-backward recursion reads.
+
+    The recursion over the (t, u) lattice uses only ``log p(blank | t, u)`` and ``log p(y_{u+1} | t, u)``.
+    So the log-softmax over all C classes runs as one vectorised ATen op (and its backward), and torchaudio
+    gets a 2-class lattice: class 0 = blank, class 1 = the next target token, every target relabelled 1
+    (``fused_log_softmax=False``). Loss and gradients equal the fused call on the full logits (tested); on one
+    CPU thread the fused kernel took 27% of a `paper`-preset training step (1.5 s of 5.8 s, 2 × 5 s, V=4096).
+
+    Args:
+        logits: ``(B, T, U+1, C)`` joiner outputs (float32).
+        targets: ``(B, U)`` token ids in ``1..C-1`` (padding beyond ``target_lengths`` is ignored).
+        logit_lengths: ``(B,)`` encoder frames; target_lengths: ``(B,)`` tokens.
+        blank: the blank class (torchaudio's own default is -1, the last class: ours is 0).
+
+    Returns:
+        ``(B,)`` negative log-likelihoods.
+    """
+    log_probs = logits.log_softmax(dim=-1)
+    b, t, u1, _ = log_probs.shape
+    nxt = F.pad(targets.long(), (0, u1 - targets.shape[1]), value=blank)  # (B, U+1): y_{u+1}; blank past the end
+    pick = torch.stack([torch.full_like(nxt, blank), nxt], dim=-1)  # (B, U+1, 2): [blank, y_{u+1}]
+    lattice = log_probs.gather(-1, pick[:, None].expand(b, t, u1, 2))  # (B, T, U+1, 2), one gather
+    ones = torch.ones(targets.shape, dtype=torch.int32, device=targets.device)
+    return torchaudio.functional.rnnt_loss(lattice, ones, logit_lengths.int(), target_lengths.int(), blank=0,
+                                           reduction="none", fused_log_softmax=False)
 
 
 class Joiner(nn.Module):
@@ -321,8 +352,7 @@ class ASRModel(nn.Module):
         else:
             pred, _ = self.predictor(F.pad(targets, (1, 0), value=BLANK))  # (B, U+1, H): blank = start symbol
             logits = self.joiner(enc, pred)  # (B, T', U+1, C)
-            per_utt = torchaudio.functional.rnnt_loss(  # its blank defaults to -1 (last class): pass 0
-                logits, targets.int(), enc_len.int(), tlen.int(), blank=BLANK, reduction="none")
+            per_utt = rnnt_loss(logits, targets, enc_len, tlen, blank=BLANK)
         bad = ~torch.isfinite(per_utt)
         if bad.any():
             names = [_name(batch, keep[i]) for i in bad.nonzero().flatten().tolist()]

@@ -16,6 +16,7 @@ from fedasr.model import (
     conformer_asr,
     count_parameters,
     model_config,
+    rnnt_loss,
 )
 
 torch.set_num_threads(1)
@@ -210,6 +211,29 @@ def test_rnnt_loss_finite_and_decreasing():
     model = build_model(micro("rnnt"))
     losses = _overfit(model, make_batch(), 60)
     assert losses[-1] < 0.4 * losses[0]
+
+
+@pytest.mark.parametrize("blank", [0, 5])
+def test_two_class_rnnt_lattice_equals_torchaudio_fused_loss(blank):
+    """fedasr.model.rnnt_loss hands torchaudio only [blank, next token] log-probs: same loss, same gradients."""
+    torch.manual_seed(1)
+    b, t, u, c = 3, 17, 6, 40
+    logits = (3 * torch.randn(b, t, u + 1, c)).requires_grad_()
+    targets = torch.randint(1, c, (b, u))
+    targets[targets == blank] = blank + 1  # targets never hold the blank
+    targets[2, 1:] = 0  # padding beyond the target length is ignored
+    tlen, llen = torch.tensor([6, 4, 1]), torch.tensor([17, 12, 5])
+    ref = torchaudio.functional.rnnt_loss(logits, targets.int(), llen.int(), tlen.int(), blank=blank,
+                                          reduction="none")
+    (g_ref,) = torch.autograd.grad(ref.sum(), logits)
+    ours = rnnt_loss(logits, targets, llen, tlen, blank=blank)
+    (g_ours,) = torch.autograd.grad(ours.sum(), logits)
+    assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-4)
+    assert (g_ours - g_ref).abs().max() < 1e-4, (g_ours - g_ref).abs().max()  # float32 rounding
+    # a wrong target changes the loss (the lattice really reads the targets)
+    other = targets.clone()
+    other[0, 0] = (other[0, 0] % (c - 1)) + 1 if other[0, 0] % (c - 1) + 1 != blank else other[0, 0] + 2
+    assert not torch.isclose(rnnt_loss(logits, other, llen, tlen, blank=blank)[0], ours[0])
 
 
 def test_loss_reductions():
