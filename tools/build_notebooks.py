@@ -33,7 +33,13 @@ user corrections must close later.
 on this machine showed that 256 word-pieces (CTC or RNN-T) and RNN-T in general do not leave the
 blank plateau within 20 CPU-minutes, while character CTC does within minutes. The `paper`
 preset (RNN-T, 4096 word-pieces, ~130M) is built and counted here and measured at full scale in
-the device-budget notebook."""),
+the device-budget notebook.
+
+**Recipe (quick profile).** 10,000 proxy utterances (6.2 h), batches of 2 ranks × 15 s of audio
+grouped by duration (shortest first in the first epoch), Adam with warm-up and inverse-sqrt decay,
+then a linear cooldown over the last 30% of the 10-minute budget (`train.cooldown-fraction`), and no
+dropout: in 10 minutes the model sees its data about three times, so it underfits rather than
+overfits. `configs/seed/quick.toml` notes what each choice measured."""),
     ("params", """# Parameters (papermill -p NAME VALUE); paths are relative to the repository root
 config_file = "configs/seed/quick.toml"   # seed-model config (profile, preset, training budget)
 overrides = {}                            # dotted-key overrides, e.g. {"train.max-minutes": 2.0}
