@@ -21,7 +21,7 @@ rest once in backward (Chen et al. 2016, "Training Deep Nets with Sublinear Memo
 two fp32 moments per parameter (Kingma & Ba 2015; the 2× of ZeRO, Rajbhandari et al. 2020); per-layer
 activation counts in the style of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
 Transformer Models": ``sbh·(34 + 5as/h)`` for GPT); the RNN-T joint tensor ``B×T'×(U+1)×C`` (Graves
-2012), for which torchaudio's ``rnnt_loss`` also keeps a gradient of the same size. Our per-block
+2012), whose log-softmax ``fedasr.model.rnnt_loss`` keeps for backward. Our per-block
 constants were counted with saved-tensor hooks on ``fedasr.model._masked_block`` (torchaudio 2.11,
 dropout > 0, CPU math attention) and are exact for that code; tests re-check them.
 """
@@ -292,8 +292,8 @@ def activation_breakdown(model: nn.Module, shape: RoundShape, trainable: set[str
             out["predictor"] = int(b * (u + 1) * per_step) * F32
         out["joiner"] = b * (t * (u + 1) * c.joiner_dim + t * c.d_model + (u + 1) * c.pred_hidden_dim) * F32
         logits = b * t * (u + 1) * (c.vocab_size + 1) * F32
-        out["loss"] = logits  # torchaudio's rnnt_loss keeps d(loss)/d(logits), logits-sized
-        # forward: logits beside that gradient; backward: the logits' gradient beside it, then the tanh's
+        out["loss"] = logits  # the log-softmax output, kept for backward (fedasr.model.rnnt_loss)
+        # forward: the logits beside it; backward: the logits' gradient (one buffer) beside it, then the tanh's
         trans["loss"] = logits + 2 * b * t * (u + 1) * c.joiner_dim * F32
     else:  # CTC: log-softmax output kept, logits-sized gradient in backward
         out["loss"] = b * t * (c.vocab_size + 1) * F32

@@ -230,6 +230,12 @@ def test_two_class_rnnt_lattice_equals_torchaudio_fused_loss(blank):
     (g_ours,) = torch.autograd.grad(ours.sum(), logits)
     assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-4)
     assert (g_ours - g_ref).abs().max() < 1e-4, (g_ours - g_ref).abs().max()  # float32 rounding
+    # the hand-written backward of the picked log-softmax, against finite differences in float64
+    from fedasr.model import _PickedLogSoftmax
+
+    x = torch.randn(2, 3, 4, 7, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 7, (2, 3, 4, 2))
+    assert torch.autograd.gradcheck(_PickedLogSoftmax.apply, (x, index))
     # a wrong target changes the loss (the lattice really reads the targets)
     other = targets.clone()
     other[0, 0] = (other[0, 0] % (c - 1)) + 1 if other[0, 0] % (c - 1) + 1 != blank else other[0, 0] + 2
