@@ -258,9 +258,11 @@ def run(cfg: EfficiencyConfig) -> list[dict[str, Any]]:
     return out
 
 
-def _write(cfg: EfficiencyConfig, rows: list[dict[str, Any]], state: dict[str, torch.Tensor], fp32_bytes: int) -> None:
+def _write(cfg: EfficiencyConfig, rows: list[dict[str, Any]], state: dict[str, torch.Tensor], fp32_bytes: int,
+           measured: bool = True) -> None:
     out_dir = ROOT / cfg.out_dir
-    open_run(out_dir, "efficiency", cfg, resume=True)  # config.json beside the results
+    if measured:  # config.json (command, commit) describes the run that measured the rows
+        open_run(out_dir, "efficiency", cfg, resume=True)
     write_json(out_dir / "memory.json", rows)
     first, last = rows[0], rows[-1]
     summary: dict[str, Any] = {
@@ -355,7 +357,7 @@ def resummarize(cfg: EfficiencyConfig) -> dict[str, Any]:
     fp32_bytes = json.loads((out_dir / "summary.json").read_text())["fp32_model_bytes"]
     if not rows or any("settings" not in r for r in rows):
         raise ValueError(f"{out_dir / 'memory.json'} holds no measured rows; run the table first")
-    _write(cfg, rows, {}, fp32_bytes)
+    _write(cfg, rows, {}, fp32_bytes, measured=False)
     return json.loads((out_dir / "summary.json").read_text())
 
 

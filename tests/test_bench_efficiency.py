@@ -54,7 +54,7 @@ def test_resummarize_refreshes_p2_quality_without_measuring(bench, tmp_path):
 
     out = tmp_path / "eff"
     out.mkdir()
-    for name in ("memory.json", "summary.json"):
+    for name in ("memory.json", "summary.json", "config.json"):
         shutil.copy(ROOT / "results" / "efficiency" / name, out / name)
     before = json.loads((out / "summary.json").read_text())
     quality = tmp_path / "q.json"
@@ -69,6 +69,8 @@ def test_resummarize_refreshes_p2_quality_without_measuring(bench, tmp_path):
         # the measured halves are read back, not re-measured
         assert after["P1_peak_ratio"] == before["P1_peak_ratio"]
         assert after["P3_step_time_ratio"] == before["P3_step_time_ratio"]
+    # config.json still names the run that measured the rows
+    assert (out / "config.json").read_text() == (ROOT / "results" / "efficiency" / "config.json").read_text()
     (out / "memory.json").write_text("[]")
     with pytest.raises(ValueError, match="no measured rows"):
         bench.resummarize(cfg)

@@ -127,8 +127,26 @@ def quality_table() -> list[str]:
     return out
 
 
+def step_table() -> list[str]:
+    rows = _load("results/bench/asr_step.json")
+    if not rows:
+        return []
+    r0 = rows[0]
+    out = ["", f"**One training step, fwd+bwd** (`results/bench/asr_step.json`, `bench/asr_step.py`; batch "
+           f"{r0['batch_size']} × {r0['audio_seconds']:g} s, {r0['target_tokens']} tokens, 1 torch thread; FLOP rate = "
+           "counted matmul/conv FLOPs per second ÷ a 1024² fp32 matmul's rate measured in the same process; "
+           "target for `paper` ≥ 0.6):", "",
+           "| preset | parameters | step s | peak RSS GiB | GFLOP/step | FLOP-rate ratio | load (1 min) |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['preset']} | {r['params'] / 1e6:.1f}M | {r['step_seconds']:.2f} | "
+                   f"{r['peak_rss_bytes'] / 2**30:.2f} | {r['flops_per_step'] / 1e9:.0f} | {r['flop_rate_ratio']:.2f} | "
+                   f"{r.get('loadavg_1min', float('nan')):.2f} |")
+    return out
+
+
 def main() -> None:
-    block = [START, "", *seed_table(), *federated_table(), *efficiency_table(), *quality_cost_table(), *quality_table(), "",
+    block = [START, "", *seed_table(), *step_table(), *federated_table(), *efficiency_table(), *quality_cost_table(), *quality_table(), "",
              "All training speech is synthetic (TTS); WER is greedy decoding without a language model, so a "
              "character model's word errors stay high where its CER is moderate.", END]
     readme = (ROOT / "README.md").read_text()
