@@ -38,7 +38,7 @@ the device-budget notebook.
 **Recipe (quick profile).** 10,000 proxy utterances (6.2 h), batches of 2 ranks × 15 s of audio
 grouped by duration (shortest first in the first epoch), Adam with warm-up and inverse-sqrt decay,
 then a linear cooldown over the last 30% of the 10-minute budget (`train.cooldown-fraction`), and no
-dropout: in 10 minutes the model sees its data about three times, so it underfits rather than
+dropout: in 10 minutes the model sees its data about four times, so it underfits rather than
 overfits. `configs/seed/quick.toml` notes what each choice measured."""),
     ("params", """# Parameters (papermill -p NAME VALUE); paths are relative to the repository root
 config_file = "configs/seed/quick.toml"   # seed-model config (profile, preset, training budget)
