@@ -259,7 +259,7 @@ def run(cfg: EfficiencyConfig) -> list[dict[str, Any]]:
 
 
 def _write(cfg: EfficiencyConfig, rows: list[dict[str, Any]], state: dict[str, torch.Tensor], fp32_bytes: int,
-           measured: bool = True) -> None:
+           measured: bool = True) -> dict[str, Any]:
     out_dir = ROOT / cfg.out_dir
     if measured:  # config.json (command, commit) describes the run that measured the rows
         open_run(out_dir, "efficiency", cfg, resume=True)
@@ -291,6 +291,7 @@ def _write(cfg: EfficiencyConfig, rows: list[dict[str, Any]], state: dict[str, t
                       "P3": summary["P3_step_time_ratio"] <= 1.3}
     write_json(out_dir / "summary.json", summary)
     plotting.efficiency_memory(rows, ROOT / cfg.figure)
+    return summary
 
 
 def _p2_quality(cfg: EfficiencyConfig) -> dict[str, Any] | None:
@@ -357,8 +358,7 @@ def resummarize(cfg: EfficiencyConfig) -> dict[str, Any]:
     fp32_bytes = json.loads((out_dir / "summary.json").read_text())["fp32_model_bytes"]
     if not rows or any("settings" not in r for r in rows):
         raise ValueError(f"{out_dir / 'memory.json'} holds no measured rows; run the table first")
-    _write(cfg, rows, {}, fp32_bytes, measured=False)
-    return json.loads((out_dir / "summary.json").read_text())
+    return _write(cfg, rows, {}, fp32_bytes, measured=False)
 
 
 if __name__ == "__main__":

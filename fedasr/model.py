@@ -199,8 +199,9 @@ def rnnt_loss(logits: torch.Tensor, targets: torch.Tensor, logit_lengths: torch.
     The recursion over the (t, u) lattice uses only ``log p(blank | t, u)`` and ``log p(y_{u+1} | t, u)``.
     So the log-softmax over all C classes runs as one vectorised ATen op (`_PickedLogSoftmax`, whose
     backward is one fused expression), and torchaudio gets a 2-class lattice: class 0 = blank, class 1 =
-    the next target token, every target relabelled 1 (``fused_log_softmax=False``). Loss and gradients equal the fused call on the full logits (tested); on one
-    CPU thread the fused kernel took 27% of a `paper`-preset training step (1.5 s of 5.8 s, 2 × 5 s, V=4096).
+    the next target token, every target relabelled 1 (``fused_log_softmax=False``). Loss and gradients
+    equal the fused call on the full logits (tested); on one CPU thread the fused kernel took 27% of a
+    `paper`-preset training step (1.5 s of 5.8 s under the profiler, batch 2 × 5 s, V = 4096).
 
     Args:
         logits: ``(B, T, U+1, C)`` joiner outputs (float32).

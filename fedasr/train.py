@@ -287,41 +287,41 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
                                         elapsed if rank == 0 else 0.0, float(stop)])])
         if world > 1:
             dist.all_reduce(flat)
-        elapsed = flat[-2].item()
+        n_utts, loss_total, tokens, elapsed, stop_votes = flat[-5:].tolist()
+        last = stop_votes > 0
         lr = _lr(step + 1, tcfg, budget_progress(step + 1, elapsed, tcfg))
         for g in opt.param_groups:
             g["lr"] = lr
-        n_utts = max(flat[-5].item(), 1.0)
         offset = 0
         for p in params:
-            p.grad.copy_(flat[offset: offset + p.numel()].view_as(p)).div_(n_utts)
+            p.grad.copy_(flat[offset: offset + p.numel()].view_as(p)).div_(max(n_utts, 1.0))
             offset += p.numel()
         torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
         opt.step()
         step += 1
-        window["loss"] += flat[-4].item()
-        window["utts"] += int(flat[-5].item())
-        window["tokens"] += int(flat[-3].item())
+        window["loss"] += loss_total
+        window["utts"] += int(n_utts)
+        window["tokens"] += int(tokens)
         if rank == 0:
             bar.update(int(elapsed) - bar.n)
-            if step % tcfg.log_every_steps == 0 or flat[-1].item() > 0:
+            if step % tcfg.log_every_steps == 0 or last:
                 dt = time.time() - window["t"]
                 row = {"step": step, "epoch": epoch, "lr": lr, "train_seconds": round(elapsed, 1),
                        "loss_per_utterance": window["loss"] / max(window["utts"], 1),
                        "loss_per_token": window["loss"] / max(window["tokens"], 1),
                        "utterances_per_second": window["utts"] / max(dt, 1e-9)}
-                if tcfg.eval_every_steps and (step % tcfg.eval_every_steps == 0 or flat[-1].item() > 0):
+                if tcfg.eval_every_steps and (step % tcfg.eval_every_steps == 0 or last):
                     rep = evaluate(model, tokenizer, dev, cfg.features, feats=dev_feats)
                     row.update(dev_wer=rep.get("wer"), dev_cer=rep.get("cer"))
                     model.train()
                     bar.set_postfix(loss=f"{row['loss_per_token']:.2f}", dev_wer=f"{row['dev_wer']:.3f}")
                 run.log_round(row)
                 window = {"loss": 0.0, "utts": 0, "tokens": 0, "t": time.time()}
-            if flat[-1].item() > 0 or (tcfg.checkpoint_every_steps and step % tcfg.checkpoint_every_steps == 0):
+            if last or (tcfg.checkpoint_every_steps and step % tcfg.checkpoint_every_steps == 0):
                 save_checkpoint(Path(job["run_dir"]) / "checkpoint", model, tokenizer, cfg.features,
                                 {"step": step, "trained_seconds": elapsed, "optimizer": opt.state_dict(),
                                  "fingerprint": job["fingerprint"]})
-        if flat[-1].item() > 0:
+        if last:
             break
     if bar is not None:
         bar.close()
