@@ -164,14 +164,20 @@ def _pack(q: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _unpack(data: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
-    """Inverse of `_pack`: integer codes as a flat float32 tensor of ``numel`` values."""
+    """Inverse of `_pack`: integer codes as a new flat float32 tensor of ``numel`` values.
+
+    Sub-byte codes are written straight into one float32 buffer (no uint8 stack and no second float
+    copy): OMC dequantizes every weight several times per step, so this is on the training path.
+    """
     if bits == 16:
-        return data.to(torch.float32) + 32768.0
+        return data.to(torch.float32).add_(32768.0)
     if bits == 8:
         return data.to(torch.float32)
     per, mask = 8 // bits, (1 << bits) - 1
-    cols = [((data >> (bits * j)) & mask) for j in range(per)]
-    return torch.stack(cols, dim=1).reshape(-1)[:numel].to(torch.float32)
+    out = torch.empty(data.numel(), per, dtype=torch.float32, device=data.device)
+    for j in range(per):
+        out[:, j].copy_((data >> (bits * j)) & mask)
+    return out.view(-1)[:numel]
 
 
 def _rows(x: torch.Tensor, per_channel: bool) -> torch.Tensor:
@@ -224,18 +230,20 @@ def quantize(
         levels = (1 << bits) - 1
         if symmetric:
             half = (1 << (bits - 1)) - 1
-            m = v.abs().amax(dim=1) if value_range is None else torch.full((v.shape[0],), max(map(abs, value_range)))
+            m = v.abs().amax(dim=1) if value_range is None else torch.full((v.shape[0],), max(map(abs, value_range)), device=v.device)
             scale = torch.where(m > 0, m / half, torch.ones_like(m))
             offset = None
             v = v / scale[:, None] + float(1 << (bits - 1))
         else:
-            lo = v.amin(dim=1) if value_range is None else torch.full((v.shape[0],), float(value_range[0]))
-            hi = v.amax(dim=1) if value_range is None else torch.full((v.shape[0],), float(value_range[1]))
+            lo = v.amin(dim=1) if value_range is None else torch.full((v.shape[0],), float(value_range[0]), device=v.device)
+            hi = v.amax(dim=1) if value_range is None else torch.full((v.shape[0],), float(value_range[1]), device=v.device)
             scale = torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(lo))
             offset = lo
             v = (v - lo[:, None]) / scale[:, None]
         if stochastic:
-            v = torch.floor(v + torch.rand(v.shape, generator=generator))
+            # draws come from the generator's device (a CPU generator gives the same codes on CPU and CUDA)
+            u = torch.rand(v.shape, generator=generator, device=generator.device if generator else v.device)
+            v = torch.floor(v + u.to(v.device))
         else:
             v = torch.round(v)
         q = v.clamp_(0, levels)
@@ -249,9 +257,9 @@ def dequantize(e: Encoded, out_dtype: torch.dtype | None = None) -> torch.Tensor
     rows = e.scale.numel()
     q = q.reshape(rows, -1)
     if e.offset is None:  # symmetric
-        x = (q - float(1 << (e.bits - 1))) * e.scale[:, None]
-    else:
-        x = torch.addcmul(e.offset[:, None], q, e.scale[:, None])
+        x = q.sub_(float(1 << (e.bits - 1))).mul_(e.scale[:, None])
+    else:  # in place: q is a fresh buffer
+        x = q.mul_(e.scale[:, None]).add_(e.offset[:, None])
     return x.reshape(e.shape).to(out_dtype or e.dtype)
 
 
