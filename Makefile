@@ -17,7 +17,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: help setup system-deps data summary seed efficiency smoke deployment-demo federated quality notebooks reproduce test test-all clean-data
+.PHONY: help setup system-deps data summary seed efficiency smoke deployment-demo federated quality notebooks reproduce test test-all test-gpu clean-data
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ test: setup  ## the default test suite (CPU, < 15 min on 2 cores)
 
 test-all: setup  ## every test, including slow end-to-end ones
 	$(PY) -m pytest -m "not gpu" -q
+
+test-gpu: setup  ## the CUDA checks (tests/test_gpu.py) on a machine with a GPU
+	$(PY) -m pytest -m gpu -q -rs
 
 clean-data:  ## remove generated audio (manifests of committed profiles stay in git)
 	rm -rf data/tiny/audio data/quick/audio data/full/audio
