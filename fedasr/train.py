@@ -53,7 +53,7 @@ class TrainConfig:
     batch_seconds: float = 30.0  # padded audio per rank per step, seconds (calibration: 30 s)
     peak_lr: float = 2e-3  # Adam peak learning rate (calibration: 1e-3 stayed on the blank plateau)
     warmup_steps: int = 100  # linear warm-up steps, then the decay of ``lr_schedule``
-    lr_schedule: Literal["inverse-sqrt", "cosine"] = "inverse-sqrt"  # see `_lr`
+    lr_schedule: Literal["inverse-sqrt", "constant", "cosine"] = "inverse-sqrt"  # see `_lr`
     final_lr_fraction: float = 0.02  # lr at the end of the budget, as a fraction of the schedule's lr there
     cooldown_fraction: float = 0.0  # last share of the budget over which lr falls linearly to final_lr_fraction x
     adam_beta2: float = 0.98  # Transformer-style Adam (0.9, 0.98, eps 1e-9)
@@ -120,6 +120,7 @@ def _lr(step: int, tcfg: TrainConfig, progress: float = 0.0) -> float:
     * ``"inverse-sqrt"``: ``peak_lr * sqrt(warmup / step)`` (Vaswani et al. 2017): independent of the run's
       length, so a checkpoint at minute t equals a run of t minutes (calibration.md's recipe), unless
       ``cooldown_fraction`` > 0 anneals the last part of the budget linearly to ``final_lr_fraction`` x;
+    * ``"constant"``: ``peak_lr`` until the same cooldown (warmup-stable-decay, Hägele et al. 2024);
     * ``"cosine"``: from ``peak_lr`` down to ``final_lr_fraction * peak_lr`` as ``progress`` (the share of
       the time/step budget spent, `budget_progress`) goes 0 → 1 (Loshchilov & Hutter 2017). A fixed budget
       is what the profiles have ("10 CPU-minutes"), so the run ends annealed instead of at a still-high lr.
@@ -130,7 +131,7 @@ def _lr(step: int, tcfg: TrainConfig, progress: float = 0.0) -> float:
     if tcfg.lr_schedule == "cosine":
         lo = tcfg.final_lr_fraction * tcfg.peak_lr
         return lo + (tcfg.peak_lr - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    lr = tcfg.peak_lr * math.sqrt(tcfg.warmup_steps / s)
+    lr = tcfg.peak_lr if tcfg.lr_schedule == "constant" else tcfg.peak_lr * math.sqrt(tcfg.warmup_steps / s)
     left = 1.0 - progress
     if tcfg.cooldown_fraction > 0 and left < tcfg.cooldown_fraction:
         # warmup-stable-decay style cooldown (Hägele et al. 2024): linear to final_lr_fraction x at the end

@@ -107,6 +107,15 @@ def test_cooldown_anneals_the_end_of_inverse_sqrt():
     assert train._lr(400, t, 1.0) == pytest.approx(0.0)
 
 
+def test_constant_schedule_holds_peak_until_the_cooldown():
+    t = train.TrainConfig(peak_lr=1e-3, warmup_steps=100, lr_schedule="constant", cooldown_fraction=0.25,
+                          final_lr_fraction=0.0)
+    assert train._lr(50, t, 0.0) == pytest.approx(5e-4)  # the shared warm-up
+    assert train._lr(4000, t, 0.75) == pytest.approx(1e-3)  # stable: no decay with the step
+    assert train._lr(4000, t, 0.875) == pytest.approx(5e-4)
+    assert train._lr(4000, t, 1.0) == pytest.approx(0.0)
+
+
 def test_bad_schedule_settings_are_named(tmp_path):
     p = tmp_path / "x.toml"
     p.write_text('[train]\nlr-schedule = "linear"\n')
