@@ -230,13 +230,13 @@ def quantize(
         levels = (1 << bits) - 1
         if symmetric:
             half = (1 << (bits - 1)) - 1
-            m = v.abs().amax(dim=1) if value_range is None else torch.full((v.shape[0],), max(map(abs, value_range)), device=v.device)
+            m = v.abs().amax(dim=1) if value_range is None else v.new_full((v.shape[0],), max(map(abs, value_range)))
             scale = torch.where(m > 0, m / half, torch.ones_like(m))
             offset = None
             v = v / scale[:, None] + float(1 << (bits - 1))
         else:
-            lo = v.amin(dim=1) if value_range is None else torch.full((v.shape[0],), float(value_range[0]), device=v.device)
-            hi = v.amax(dim=1) if value_range is None else torch.full((v.shape[0],), float(value_range[1]), device=v.device)
+            lo = v.amin(dim=1) if value_range is None else v.new_full((v.shape[0],), float(value_range[0]))
+            hi = v.amax(dim=1) if value_range is None else v.new_full((v.shape[0],), float(value_range[1]))
             scale = torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(lo))
             offset = lo
             v = (v - lo[:, None]) / scale[:, None]
