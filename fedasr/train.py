@@ -49,7 +49,8 @@ class TrainConfig:
     """Optimisation knobs of central training (defaults: calibration.md's recipe that learns on CPU)."""
 
     max_minutes: float = 10.0  # wall-clock training budget (feature extraction and final eval excluded)
-    max_steps: int = 0  # stop after this many updates as well (0 = no step limit)
+    max_steps: int = 0  # stop after this many updates as well (0 = no step limit); with a step budget the
+    # result does not depend on the machine's speed (updates are deterministic given the seed)
     batch_seconds: float = 30.0  # padded audio per rank per step, seconds (calibration: 30 s)
     peak_lr: float = 2e-3  # Adam peak learning rate (calibration: 1e-3 stayed on the blank plateau)
     warmup_steps: int = 100  # linear warm-up steps, then the decay of ``lr_schedule``
@@ -269,7 +270,10 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
     if rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=int(tcfg.max_minutes * 60), unit="s", desc="seed training", initial=int(trained_s))
+        if tcfg.max_steps:  # a step budget (deterministic); max-minutes is then a guard
+            bar = tqdm(total=tcfg.max_steps, unit="step", desc="seed training", initial=step)
+        else:
+            bar = tqdm(total=int(tcfg.max_minutes * 60), unit="s", desc="seed training", initial=int(trained_s))
     model.train()
     while True:
         epoch, b = _batch_order(step, len(batches), tcfg, rank)
@@ -304,7 +308,7 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
         window["utts"] += int(n_utts)
         window["tokens"] += int(tokens)
         if rank == 0:
-            bar.update(int(elapsed) - bar.n)
+            bar.update((step if tcfg.max_steps else int(elapsed)) - bar.n)
             if step % tcfg.log_every_steps == 0 or last:
                 dt = time.time() - window["t"]
                 row = {"step": step, "epoch": epoch, "lr": lr, "train_seconds": round(elapsed, 1),

@@ -36,13 +36,15 @@ preset (RNN-T, 4096 word-pieces, ~130M) is built and counted here and measured a
 the device-budget notebook.
 
 **Recipe (quick profile).** 10,000 proxy utterances (6.2 h), batches of 2 ranks × 15 s of audio
-grouped by duration (shortest first in the first epoch), Adam with warm-up and inverse-sqrt decay,
-then a linear cooldown over the last 30% of the 10-minute budget (`train.cooldown-fraction`), and no
-dropout: in 10 minutes the model sees its data about four times, so it underfits rather than
-overfits. `configs/seed/quick.toml` notes what each choice measured."""),
+grouped by duration (shortest first in the first epoch), Adam with warm-up to a constant 1e-3,
+then a linear cooldown over the last 30% of the budget (warmup-stable-decay: `train.lr-schedule`,
+`train.cooldown-fraction`), and no dropout: the model sees its data about four times, so it
+underfits rather than overfits. The budget is 2,600 updates (about 10 minutes on 2 cores), not a
+wall-clock time, so the same config gives the same model on a faster or slower machine.
+`configs/seed/quick.toml` notes what each choice measured."""),
     ("params", """# Parameters (papermill -p NAME VALUE); paths are relative to the repository root
 config_file = "configs/seed/quick.toml"   # seed-model config (profile, preset, training budget)
-overrides = {}                            # dotted-key overrides, e.g. {"train.max-minutes": 2.0}
+overrides = {}                            # dotted-key overrides, e.g. {"train.max-steps": 500}
 out = "results/seed"                      # run folder (summary.json, rounds.jsonl, model/)
 figures = "results/figures"               # where figures are written"""),
     ("code", SETUP + """
