@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fedasr import asr_task, config as config_lib, results
+from fedasr import asr_task, config as config_lib, results, train
 from fedasr.federated.core import FedConfig, FederatedConfig, RunSpec, TaskSpec
 
 __all__ = ["FederatedExperiment", "run_federated_experiment", "variant_rows", "relative_rows", "QualityExperiment",
@@ -78,7 +78,7 @@ def run_federated_experiment(exp: FederatedExperiment, only: list[str] | None = 
         runs[name] = run_simulation(cfg, concurrency=exp.concurrency)
     top = results.open_run(Path(exp.results_root) / exp.experiment, exp.experiment, exp, resume=True)
     rows = variant_rows(runs)
-    summary = {"variants": rows, "synthetic_speech": True}
+    summary = {"variants": rows, "seed_model": train.checkpoint_provenance(exp.task.seed_model), "synthetic_speech": True}
     if exp.reference and any(r["variant"] == exp.reference for r in rows):
         summary["relative_to"] = exp.reference
         summary["relative"] = relative_rows(rows, exp.reference)
@@ -192,7 +192,8 @@ def run_quality_experiment(exp: QualityExperiment, rerun: bool = True) -> list[d
     results.write_json(root / "wer.json", rows)
     top.write_summary({"rows": rows, "targets": quality_targets(rows), "corrections": corrections.summarize(records),
                        "filter": refinement.filter_report(records, exp.filter),
-                       "label_stores": stores, "synthetic_speech": True})
+                       "label_stores": stores, "seed_model": train.checkpoint_provenance(exp.task.seed_model),
+                       "synthetic_speech": True})
     return rows
 
 

@@ -41,7 +41,7 @@ from fedasr.model import ASRModel, ModelConfig, build_model, count_parameters, m
 from fedasr.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, build_tokenizer, load_tokenizer
 
 __all__ = ["TrainConfig", "SeedConfig", "train_seed", "evaluate", "featurize", "save_checkpoint",
-           "load_checkpoint", "seed_fingerprint", "ensure_seed", "build_model"]
+           "load_checkpoint", "checkpoint_provenance", "seed_fingerprint", "ensure_seed", "build_model"]
 
 
 @dataclass
@@ -206,6 +206,17 @@ def save_checkpoint(directory: str | Path, model: ASRModel, tokenizer: Tokenizer
     os.replace(tmp, directory / "model.pt")
     tokenizer.save(directory / "tokenizer")
     return directory / "model.pt"
+
+
+def checkpoint_provenance(directory: str | Path) -> dict:
+    """Which checkpoint a downstream run started from: ``{"path", "sha256", "fingerprint", "step"}``
+    (``fingerprint``: `seed_fingerprint` of the config and corpus that trained it; None if unrecorded)."""
+    path = Path(directory) / "model.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path} (train one with `make seed`)")
+    state = torch.load(path, map_location="cpu", weights_only=False).get("state", {})
+    return {"path": str(directory), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "fingerprint": state.get("fingerprint"), "step": state.get("step")}
 
 
 def load_checkpoint(directory: str | Path) -> tuple[ASRModel, Tokenizer, feats_lib.FeatureConfig, dict]:

@@ -45,6 +45,8 @@ def test_quality_ablation_end_to_end_on_flower(fake_corpus, fake_seed, tmp_path)
     on_disk = json.loads((tmp_path / "quality" / "wer.json").read_text())
     assert on_disk == json.loads(json.dumps(rows))
     assert (tmp_path / "quality" / "config.json").exists() and (tmp_path / "quality" / "summary.json").exists()
+    summary = json.loads((tmp_path / "quality" / "summary.json").read_text())
+    assert summary["seed_model"]["fingerprint"] == json.loads((fake_seed / "summary.json").read_text())["fingerprint"]
     rounds = [json.loads(x) for x in (tmp_path / "quality" / "wca_frequency" / "rounds.jsonl").read_text().splitlines()]
     ok = [r for r in rounds if r.get("status") == "ok"]
     assert ok and all(r["weights"] for r in ok)  # WCA weights recorded per client

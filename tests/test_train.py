@@ -134,3 +134,14 @@ def test_two_workers_follow_one_cosine_schedule(fake_corpus, tmp_path):
     for r in rows:
         assert r["lr"] == pytest.approx(train._lr(r["step"], cfg.train, r["step"] / 4), rel=1e-3)
     assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_checkpoint_provenance_names_the_seed(fake_seed, tmp_path):
+    import hashlib
+
+    prov = train.checkpoint_provenance(fake_seed / "model")
+    assert prov["sha256"] == hashlib.sha256((fake_seed / "model" / "model.pt").read_bytes()).hexdigest()
+    assert prov["fingerprint"] == json.loads((fake_seed / "summary.json").read_text())["fingerprint"]
+    assert prov["step"] == 2
+    with pytest.raises(FileNotFoundError, match="make seed"):
+        train.checkpoint_provenance(tmp_path)
