@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -208,24 +209,26 @@ def save_checkpoint(directory: str | Path, model: ASRModel, tokenizer: Tokenizer
     return directory / "model.pt"
 
 
-def checkpoint_provenance(directory: str | Path) -> dict:
-    """Which checkpoint a downstream run started from: ``{"path", "sha256", "fingerprint", "step"}``
-    (``fingerprint``: `seed_fingerprint` of the config and corpus that trained it; None if unrecorded)."""
+def _checkpoint_file(directory: str | Path) -> Path:
     path = Path(directory) / "model.pt"
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path} (train one with `make seed`)")
-    state = torch.load(path, map_location="cpu", weights_only=False).get("state", {})
-    return {"path": str(directory), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    return path
+
+
+def checkpoint_provenance(directory: str | Path) -> dict:
+    """Which checkpoint a downstream run started from: ``{"path", "sha256", "fingerprint", "step"}``
+    (``fingerprint``: `seed_fingerprint` of the config and corpus that trained it; None if unrecorded)."""
+    raw = _checkpoint_file(directory).read_bytes()
+    state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False).get("state", {})
+    return {"path": str(directory), "sha256": hashlib.sha256(raw).hexdigest(),
             "fingerprint": state.get("fingerprint"), "step": state.get("step")}
 
 
 def load_checkpoint(directory: str | Path) -> tuple[ASRModel, Tokenizer, feats_lib.FeatureConfig, dict]:
     """Load what `save_checkpoint` wrote: ``(model, tokenizer, feature_config, training_state)``."""
     directory = Path(directory)
-    path = directory / "model.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path} (train one with `make seed`)")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = torch.load(_checkpoint_file(directory), map_location="cpu", weights_only=False)
     mcfg = payload["model_config"]
     model = build_model(ModelConfig(**mcfg))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
