@@ -35,11 +35,11 @@ blank plateau within 20 CPU-minutes, while character CTC does within minutes. Th
 preset (RNN-T, 4096 word-pieces, ~130M) is built and counted here and measured at full scale in
 the device-budget notebook.
 
-**Recipe (quick profile).** 10,000 proxy utterances (6.2 h), batches of 2 ranks × 15 s of audio
+**Recipe (quick profile).** 20,000 proxy utterances (12.4 h), batches of 2 ranks × 15 s of audio
 grouped by duration (shortest first in the first epoch), Adam with warm-up to a constant 1e-3,
 then a linear cooldown over the last 30% of the budget (warmup-stable-decay: `train.lr-schedule`,
-`train.cooldown-fraction`), and no dropout: the model sees its data about four times, so it
-underfits rather than overfits. The budget is 2,600 updates (about 10 minutes on 2 cores), not a
+`train.cooldown-fraction`), and no dropout: the model sees its data about twice, so it
+underfits rather than overfits. The budget is 2,900 updates (about 10 minutes on 2 cores), not a
 wall-clock time, so the same config gives the same model on a faster or slower machine.
 `configs/seed/quick.toml` notes what each choice measured."""),
     ("params", """# Parameters (papermill -p NAME VALUE); paths are relative to the repository root
