@@ -80,7 +80,8 @@ PROFILES = {
     "tiny": Profile("tiny", 150, 20, 30, 10, 3, utt_median=6, utt_sigma=0.5, utt_min=4, utt_max=12, real=20),
     # quick: 20,000 proxy utterances (the first 10,000 are the earlier quick corpus's, byte for byte: every
     # utterance is seeded by (split, index)); results/seed-screens measured more proxy variety helping the
-    # underfit 10-minute seed more than more passes over 10,000 (proxy WER 0.483 -> 0.420, same recipe)
+    # underfit 10-minute seed more than more passes over 10,000 (proxy WER 0.483 -> 0.420 with the inverse-sqrt
+    # recipe, 0.370 -> 0.362 with configs/seed/quick.toml's at 2,600 updates)
     "quick": Profile("quick", 20000, 200, 300, 120, 20, utt_median=15, utt_sigma=0.7, utt_min=4, utt_max=60),
     "full": Profile("full", 20000, 500, 1000, 500, 60, utt_median=20, utt_sigma=0.9, utt_min=4, utt_max=150),
 }
