@@ -20,7 +20,7 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 __all__ = ["ConfigError", "from_dict", "load", "apply_overrides", "to_dict", "flatten", "from_run_config"]
 
@@ -180,6 +180,22 @@ def apply_overrides(cfg: T, overrides: Mapping[str, Any] | None) -> T:
         return cfg
     merged = _merge(to_dict(cfg), _unflatten({k: v for k, v in overrides.items()}))
     return from_dict(type(cfg), merged)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Command-line ``KEY=VALUE`` overrides -> ``{dotted key: value}``. A value is read as TOML
+    (``train.max-steps=2900``, ``fed.ratio=0.5``, ``corpus="data/x"``) and, when it is not valid TOML, kept
+    as a bare string (``corpus=/tmp/data``)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.max-steps=2900")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value.strip()
+    return out
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> T:

@@ -446,16 +446,15 @@ def cli_main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--config", help="TOML config, e.g. configs/seed/quick.toml (Default: built-in defaults)")
     ap.add_argument("--out", default="results/seed", help="run folder (Default: results/seed)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="overrides, e.g. train.max-minutes=2 (values parsed as TOML)")
+                    help="overrides, e.g. train.max-minutes=2 (values read as TOML, else as plain strings)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     ap.add_argument("--if-stale", action="store_true",
                     help="do nothing if OUT/summary.json was made with the same config and corpus")
     args = ap.parse_args(argv)
-    import tomllib
-
-    overrides = {k: tomllib.loads(f"v = {v}")["v"] if v[:1] not in "\"'" else v.strip("\"'")
-                 for k, v in (s.split("=", 1) for s in args.set)}
-    cfg = config_lib.load(SeedConfig, args.config, overrides)
+    try:
+        cfg = config_lib.load(SeedConfig, args.config, config_lib.parse_overrides(args.set))
+    except config_lib.ConfigError as e:
+        ap.error(str(e))
     run = ensure_seed(cfg, args.out) if args.if_stale else train_seed(cfg, args.out, resume=args.resume)
     s = run.summary()
     print(json.dumps({k: s[k] for k in ("profile", "preset", "params", "train_seconds", "wer", "cer")}, indent=2))

@@ -66,6 +66,16 @@ def test_bad_toml_and_missing_file(tmp_path):
         config.load(Outer, tmp_path / "nope.toml")
 
 
+def test_command_line_overrides():
+    got = config.parse_overrides(["num-rounds=5", "model.lr = 2e-3", 'name="a b"', "model.preset=/tmp/x",
+                                  "model.layers=[3, 4]"])
+    assert got == {"num-rounds": 5, "model.lr": 2e-3, "name": "a b", "model.preset": "/tmp/x", "model.layers": [3, 4]}
+    assert config.apply_overrides(Outer(), got).model.layers == [3, 4]
+    for bad in ("num-rounds", "=3"):
+        with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+            config.parse_overrides([bad])
+
+
 def test_round_trip_and_flower_run_config():
     cfg = Outer(num_rounds=4, model=Inner(preset="small", layers=[5]))
     d = config.to_dict(cfg)

@@ -205,6 +205,20 @@ def test_plan_depends_only_on_the_seed():
     assert [j.text for j in a.jobs["proxy_train"]] != [j.text for j in c.jobs["proxy_train"]]
 
 
+def test_train_channel_frac_changes_only_the_training_channels():
+    """Multi-condition training: more channels in proxy_train, same texts and voices; every other split
+    (proxy dev/test, users, real) is the domain's own, untouched."""
+    import dataclasses
+
+    base = dataclasses.replace(PROFILES["tiny"], proxy_train=400)
+    a, b = build_plan(base, 0), build_plan(dataclasses.replace(base, train_channel_frac=0.8), 0)
+    share = [sum(j.channel is not None for j in p.jobs["proxy_train"]) / 400 for p in (a, b)]
+    assert 0.1 < share[0] < 0.3 and 0.7 < share[1] < 0.9
+    assert [(j.text, j.voice_id, j.pitch, j.rate) for j in a.jobs["proxy_train"]] == \
+        [(j.text, j.voice_id, j.pitch, j.rate) for j in b.jobs["proxy_train"]]
+    assert all(a.jobs[s] == b.jobs[s] for s in a.jobs if s != "proxy_train") and a.clients == b.clients
+
+
 def test_client_names_reject_server_words():
     import random
 

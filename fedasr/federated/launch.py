@@ -382,20 +382,11 @@ def run_deployment_local(cfg: FederatedConfig, n_supernodes: int = 2, *, app_dir
 # ---------------------------------------------------------------------------------------------------
 
 
-def _parse_value(text: str):
-    import tomllib
-
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare string
-
-
 def cli_main(argv: Sequence[str] | None = None) -> results.RunDir:
     """Run one federated experiment from the command line and print its run folder."""
     import argparse
 
-    from fedasr.config import load
+    from fedasr.config import ConfigError, load, parse_overrides
 
     ap = argparse.ArgumentParser(prog="python -m fedasr.federated.launch", description=__doc__.split("\n\n")[0])
     ap.add_argument("engine", choices=["simulation", "flwr", "deployment"],
@@ -407,13 +398,10 @@ def cli_main(argv: Sequence[str] | None = None) -> results.RunDir:
                     help="SuperNodes (Default: clients-per-round for simulations, 2 for deployment)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="bound for flwr/deployment runs in s (Default: 1800)")
     args = ap.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = _parse_value(value.strip())
-    cfg = load(FederatedConfig, args.config, overrides)
+    try:
+        cfg = load(FederatedConfig, args.config, parse_overrides(args.set))
+    except ConfigError as e:
+        ap.error(str(e))
     if args.engine == "simulation":
         run = run_simulation(cfg, num_supernodes=args.supernodes)
     elif args.engine == "flwr":
