@@ -95,6 +95,27 @@ def test_tiny_corpus_json_records_counts_versions_and_hashes(tiny_builds):
 
 
 @needs_debian
+def test_gap_breakdown_groups_every_utterance_by_its_planned_channel(tiny_builds, fake_seed, tmp_path):
+    """tools/gap_breakdown.py on the real tiny corpus: clean + channel = all proxy_test utterances, the
+    channel group is exactly the planned one, and every user group counts utterances without new terms."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gap_breakdown", Path(__file__).parents[1] / "tools" / "gap_breakdown.py")
+    gap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gap)
+    root = tiny_builds[0]
+    report = gap.breakdown(fake_seed / "model", root, "tiny", splits=("proxy_test", "user_test"))
+    proxy, users = report["splits"]["proxy_test"], report["splits"]["user_test"]
+    planned = build_plan(PROFILES["tiny"], 0).jobs["proxy_test"]
+    assert proxy["all"]["utterances"] == PROFILES["tiny"].proxy_test
+    assert proxy["channel"]["utterances"] == sum(j.channel is not None for j in planned) > 0
+    assert proxy["clean"]["utterances"] + proxy["channel"]["utterances"] == proxy["all"]["utterances"]
+    no_terms = sum(not u.terms for u in read_manifest(root / "manifests" / "user_test.jsonl"))
+    assert users["no_terms"]["utterances"] == no_terms > 0
+    assert sum(r["utterances"] for g, r in users.items() if g.startswith("band=")) == no_terms
+    assert all(r["wer"] >= 0 for split in report["splits"].values() for r in split.values())
+
+
 def test_up_to_date_only_for_the_same_profile_sizes(tiny_builds, monkeypatch):
     root = tiny_builds[0]
     assert corpus.is_up_to_date(root, "tiny", seed=0)

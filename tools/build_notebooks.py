@@ -35,7 +35,10 @@ blank plateau within 20 CPU-minutes, while character CTC does within minutes. Th
 preset (RNN-T, 4096 word-pieces, ~130M) is built and counted here and measured at full scale in
 the device-budget notebook.
 
-**Recipe (quick profile).** 20,000 proxy utterances (12.4 h), batches of 2 ranks × 15 s of audio
+**Recipe (quick profile).** 20,000 proxy utterances (12.4 h), half of them passed through a
+simulated room, band-limit and noise (multi-condition training, `Profile.train_channel_frac`; the
+proxy test set keeps the domain's 20%), so that the user-domain gap is the new terms and the unseen
+voices rather than a channel the server never heard. Batches of 2 ranks × 15 s of audio
 grouped by duration (shortest first in the first epoch), Adam with warm-up to a constant 1e-3,
 then a linear cooldown over the last 30% of the budget (warmup-stable-decay: `train.lr-schedule`,
 `train.cooldown-fraction`), and no dropout: the model sees its data about twice, so it
