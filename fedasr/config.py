@@ -22,7 +22,8 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
-__all__ = ["ConfigError", "from_dict", "load", "apply_overrides", "to_dict", "flatten", "from_run_config"]
+__all__ = ["ConfigError", "from_dict", "load", "apply_overrides", "parse_overrides", "to_dict", "flatten",
+           "from_run_config"]
 
 T = TypeVar("T")
 

@@ -95,7 +95,7 @@ def test_tiny_corpus_json_records_counts_versions_and_hashes(tiny_builds):
 
 
 @needs_debian
-def test_gap_breakdown_groups_every_utterance_by_its_planned_channel(tiny_builds, fake_seed, tmp_path):
+def test_gap_breakdown_groups_every_utterance_by_its_planned_channel(tiny_builds, fake_seed):
     """tools/gap_breakdown.py on the real tiny corpus: clean + channel = all proxy_test utterances, the
     channel group is exactly the planned one, and every user group counts utterances without new terms."""
     import importlib.util
@@ -104,7 +104,7 @@ def test_gap_breakdown_groups_every_utterance_by_its_planned_channel(tiny_builds
     gap = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gap)
     root = tiny_builds[0]
-    report = gap.breakdown(fake_seed / "model", root, "tiny", splits=("proxy_test", "user_test"))
+    report = gap.breakdown(fake_seed / "model", root, splits=("proxy_test", "user_test"))
     proxy, users = report["splits"]["proxy_test"], report["splits"]["user_test"]
     planned = build_plan(PROFILES["tiny"], 0).jobs["proxy_test"]
     assert proxy["all"]["utterances"] == PROFILES["tiny"].proxy_test

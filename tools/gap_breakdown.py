@@ -4,12 +4,12 @@ Decodes proxy_test (split into utterances with and without a simulated device/ro
 TTS engine) and the user splits' utterances without new terms (split by the client's band-limit,
 room, noise SNR, espeak-ng accent and variant), and writes one JSON report::
 
-    python tools/gap_breakdown.py --seed results/seed/model --corpus data/quick --profile quick \
+    python tools/gap_breakdown.py --seed results/seed/model --corpus data/quick \
         --out results/seed-screens/gap_quick.json
 
 Each group is ``{"utterances", "ref_words", "wer", "cer"}`` (`fedasr.metrics.wer_report`: errors summed
 over the group's words). The channels of proxy utterances are not in the manifests; they are re-planned
-from the profile and seed, which `fedasr.corpus.build_plan` makes deterministic.
+from the profile and seed in ``corpus.json``, which `fedasr.corpus.build_plan` makes deterministic.
 """
 
 from __future__ import annotations
@@ -27,19 +27,19 @@ from fedasr import metrics
 from fedasr import train
 
 
-def _group(name: str, utts, hyps) -> dict:
+def _group(utts, hyps) -> dict:
     r = metrics.wer_report([u.text for u in utts], [hyps[u.id] for u in utts])
     return {"utterances": len(utts), "ref_words": r["ref_words"], "wer": r["wer"], "cer": r["cer"]}
 
 
-def breakdown(seed: str | Path, corpus: str | Path, profile: str, seed_value: int = 0,
-              splits=("proxy_test", "user_test", "user_heldout")) -> dict:
+def breakdown(seed: str | Path, corpus: str | Path, splits=("proxy_test", "user_test", "user_heldout")) -> dict:
+    """Decode ``splits`` of ``corpus`` with the checkpoint in ``seed``; the proxy channels are re-planned
+    from the profile sizes and corpus seed that ``corpus.json`` records."""
     model, tok, fcfg, state = train.load_checkpoint(seed)
     corpus = Path(corpus)
     utts = data_lib.load_corpus(corpus, splits=list(splits))
     record = json.loads((corpus / "corpus.json").read_text())
-    prof = corpus_lib.Profile(**{**record["sizes"], "name": profile})
-    plan = corpus_lib.build_plan(prof, seed_value)
+    plan = corpus_lib.build_plan(corpus_lib.Profile(**record["sizes"]), record["seed"])
     channel = {j.id: j.channel for js in plan.jobs.values() for j in js}
     clients = {c["id"]: c for c in json.loads((corpus / "clients.json").read_text())}
     out = {"seed": str(seed), "fingerprint": state.get("fingerprint"), "corpus": str(corpus), "splits": {}}
@@ -66,7 +66,7 @@ def breakdown(seed: str | Path, corpus: str | Path, profile: str, seed_value: in
                 groups[f"snr={ch['snr']}"].append(u)
                 groups["accent=" + voice.split("+")[0]].append(u)
                 groups["variant=" + (voice.split("+")[1] if "+" in voice else voice)].append(u)
-        out["splits"][split] = {"all": _group("all", us, hyps)} | {g: _group(g, v, hyps) for g, v in sorted(groups.items())}
+        out["splits"][split] = {"all": _group(us, hyps)} | {g: _group(v, hyps) for g, v in sorted(groups.items())}
     return out
 
 
@@ -74,12 +74,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", default="results/seed/model", help="checkpoint folder (Default: results/seed/model)")
     ap.add_argument("--corpus", default="data/quick", help="corpus folder (Default: data/quick)")
-    ap.add_argument("--profile", default="quick", help="profile the corpus was built with (Default: quick)")
     ap.add_argument("--splits", default="proxy_test,user_test,user_heldout", help="comma-separated splits")
     ap.add_argument("--out", required=True, help="JSON report to write")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    report = breakdown(args.seed, args.corpus, args.profile, splits=args.splits.split(","))
+    report = breakdown(args.seed, args.corpus, splits=args.splits.split(","))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     for split, groups in report["splits"].items():
