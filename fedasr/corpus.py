@@ -75,8 +75,17 @@ class Profile:
     #   band-limits than its test set, as production ASR trains on room-simulated copies of its data. An early
     #   measurement (inverse-sqrt recipe, 1 CPU thread) saw 0.5 keep the seed on the character-prior plateau
     #   (loss 2.7/token after 1,200 steps); configs/seed/quick.toml's warmup-stable-decay recipe learns with it.
+    train_extra_variants: tuple[str, ...] = ()  # espeak-ng variants added to SERVER_VARIANTS for proxy_train
+    #   alone (e.g. MORE_SERVER_VARIANTS): more speakers in server training, still disjoint from the users' variants;
+    #   proxy dev/test keep the server pool they were measured on.
     contacts: int = 6
     places: int = 7
+
+    @classmethod
+    def from_record(cls, sizes: dict) -> "Profile":
+        """The profile ``corpus.json`` recorded (JSON lists back to tuples; fields added since take their
+        defaults, which reproduce the plan of a corpus built before they existed)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()})
 
 
 PROFILES = {
@@ -105,6 +114,9 @@ SERVER_VARIANTS = ("m1", "m3", "m4", "m6", "m8", "f1", "f3", "f5", "klatt", "And
                    "steph", "Gene", "paul", "robert", "anika", "edward", "john", "max", "linda", "benjamin", "shelby")
 USER_ACCENTS = ("en-029", "en-gb-scotland", "en-us-nyc", "en-gb-x-gbcwmd", "en-gb-x-gbclan")
 USER_VARIANTS = ("m2", "m5", "m7", "f2", "f4", "Alicia")  # case matters: unknown variants fall back silently
+# Every other female espeak-ng variant (steph2/3 left out: steph with small formant changes): SERVER_VARIANTS has
+# 8 female voices of 24, the users 3 of 6; Profile.train_extra_variants adds these to server training.
+MORE_SERVER_VARIANTS = ("Andrea", "belinda", "aunty", "grandma", "whisperf", "zac")
 FLITE_VOICES = {"kal16": 96, "awb": 130, "rms": None, "slt": 173}  # voice -> median F0 Hz (None: no F0 control)
 FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
 SERVER_ENGINES = {"espeak": 0.5, "flite": 0.25, "festival": 0.25}  # engine family drawn first, then the voice
@@ -279,11 +291,12 @@ def _speaker(engine: str, voice: str, pitch: int | None, rate: int | None) -> st
     return f"{engine}:{voice}" + (f":p{pitch}" if pitch is not None else "") + (f":r{rate}" if rate is not None else "")
 
 
-def _server_voice(rng: random.Random) -> tuple[str, str, int | None, int]:
-    """Draw the engine family, then the voice, then pitch (30-70) and rate (140-190 wpm)."""
+def _server_voice(rng: random.Random, variants: tuple[str, ...] = SERVER_VARIANTS) -> tuple[str, str, int | None, int]:
+    """Draw the engine family, then the voice (espeak-ng: accent, then one of ``variants``), then pitch (30-70)
+    and rate (140-190 wpm)."""
     engine = rng.choices(list(SERVER_ENGINES), weights=list(SERVER_ENGINES.values()))[0]
     if engine == "espeak":
-        voice = f"{rng.choice(SERVER_ACCENTS)}+{rng.choice(SERVER_VARIANTS)}"
+        voice = f"{rng.choice(SERVER_ACCENTS)}+{rng.choice(variants)}"
     else:
         voice = rng.choice(list(FLITE_VOICES) if engine == "flite" else FESTIVAL_VOICES)
     pitch, rate = rng.randint(30, 70), rng.randint(140, 190)
@@ -302,10 +315,11 @@ def _plan_proxy(profile: Profile, seed: int, bank: TextBank) -> dict[str, list[J
         jobs[split] = []
         frac = profile.train_channel_frac if split == "proxy_train" and profile.train_channel_frac is not None \
             else profile.proxy_channel_frac
+        variants = SERVER_VARIANTS + (tuple(profile.train_extra_variants) if split == "proxy_train" else ())
         for i in range(n):
             rng = random.Random(_derive(seed, split, i))
             text = proxy_sentence(rng, bank)
-            engine, voice, pitch, rate = _server_voice(rng)
+            engine, voice, pitch, rate = _server_voice(rng, variants)
             channel = sample_channel(rng) if rng.random() < frac else None
             jobs[split].append(Job(f"{split}_{i:06d}", split, text, engine, voice, pitch, rate, channel,
                                    rng.getrandbits(63), _speaker(engine, voice, pitch, rate)))
@@ -616,7 +630,11 @@ def is_up_to_date(out: str | Path, profile: str, seed: int = 0, nonfree: bool = 
     if (record.get("generator_version"), record.get("profile"), record.get("seed"), record.get("nonfree")) != \
             (GENERATOR_VERSION, profile, seed, nonfree):
         return False
-    if profile in PROFILES and record.get("sizes") != asdict(PROFILES[profile]):
+    try:
+        recorded = Profile.from_record(record.get("sizes", {}))
+    except TypeError:
+        return False  # a field this generator no longer knows
+    if profile in PROFILES and recorded != PROFILES[profile]:
         return False  # the profile's sizes changed since this corpus was built
     for rel, digest in record.get("sha256", {}).items():
         if not (out / rel).exists() or _sha256(out / rel) != digest:

@@ -240,6 +240,25 @@ def test_train_channel_frac_changes_only_the_training_channels():
     assert all(a.jobs[s] == b.jobs[s] for s in a.jobs if s != "proxy_train") and a.clients == b.clients
 
 
+def test_train_extra_variants_add_server_voices_to_training_only():
+    """More speakers in server training: extra espeak-ng variants appear in proxy_train only, never a user's
+    variant; proxy dev/test, users and real are untouched; the profile survives corpus.json's JSON."""
+    import dataclasses
+
+    base = dataclasses.replace(PROFILES["tiny"], proxy_train=400)
+    more = dataclasses.replace(base, train_extra_variants=corpus.MORE_SERVER_VARIANTS)
+    a, b = build_plan(base, 0), build_plan(more, 0)
+    variants = [{j.voice.split("+")[1] for j in p.jobs["proxy_train"] if "+" in j.voice} for p in (a, b)]
+    assert not variants[0] & set(corpus.MORE_SERVER_VARIANTS)
+    assert len(variants[1] & set(corpus.MORE_SERVER_VARIANTS)) >= 5
+    assert set(corpus.MORE_SERVER_VARIANTS).isdisjoint(corpus.USER_VARIANTS + corpus.SERVER_VARIANTS)
+    assert all(a.jobs[s] == b.jobs[s] for s in a.jobs if s != "proxy_train") and a.clients == b.clients
+    record = json.loads(json.dumps(dataclasses.asdict(more)))
+    assert corpus.Profile.from_record(record) == more
+    del record["train_extra_variants"]  # a corpus.json written before the field existed
+    assert corpus.Profile.from_record(record) == base
+
+
 def test_client_names_reject_server_words():
     import random
 
@@ -271,7 +290,8 @@ def test_espeak_variants_exist(accent, tmp_path):
         subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), "--", "hello there"], check=True)
         return hashlib.sha256(wav.read_bytes()).hexdigest()
 
-    variants = corpus.SERVER_VARIANTS + (corpus.USER_VARIANTS if accent in corpus.USER_ACCENTS else ())
+    variants = corpus.SERVER_VARIANTS + corpus.MORE_SERVER_VARIANTS + \
+        (corpus.USER_VARIANTS if accent in corpus.USER_ACCENTS else ())
     digests = [render(accent)] + [render(f"{accent}+{v}") for v in variants]
     assert len(set(digests)) == len(digests)
 

@@ -39,7 +39,7 @@ def breakdown(seed: str | Path, corpus: str | Path, splits=("proxy_test", "user_
     corpus = Path(corpus)
     utts = data_lib.load_corpus(corpus, splits=list(splits))
     record = json.loads((corpus / "corpus.json").read_text())
-    plan = corpus_lib.build_plan(corpus_lib.Profile(**record["sizes"]), record["seed"])
+    plan = corpus_lib.build_plan(corpus_lib.Profile.from_record(record["sizes"]), record["seed"])
     channel = {j.id: j.channel for js in plan.jobs.values() for j in js}
     clients = {c["id"]: c for c in json.loads((corpus / "clients.json").read_text())}
     out = {"seed": str(seed), "fingerprint": state.get("fingerprint"), "corpus": str(corpus), "splits": {}}
