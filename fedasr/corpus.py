@@ -293,7 +293,7 @@ def _speaker(engine: str, voice: str, pitch: int | None, rate: int | None) -> st
     return f"{engine}:{voice}" + (f":p{pitch}" if pitch is not None else "") + (f":r{rate}" if rate is not None else "")
 
 
-def _server_voice(rng: random.Random, variants: tuple[str, ...] = SERVER_VARIANTS) -> tuple[str, str, int | None, int]:
+def _server_voice(rng: random.Random, variants: tuple[str, ...]) -> tuple[str, str, int | None, int]:
     """Draw the engine family, then the voice (espeak-ng: accent, then one of ``variants``), then pitch (30-70)
     and rate (140-190 wpm)."""
     engine = rng.choices(list(SERVER_ENGINES), weights=list(SERVER_ENGINES.values()))[0]
@@ -632,12 +632,12 @@ def is_up_to_date(out: str | Path, profile: str, seed: int = 0, nonfree: bool = 
     if (record.get("generator_version"), record.get("profile"), record.get("seed"), record.get("nonfree")) != \
             (GENERATOR_VERSION, profile, seed, nonfree):
         return False
-    try:
-        recorded = Profile.from_record(record.get("sizes", {}))
-    except TypeError:
-        return False  # a field this generator no longer knows
-    if profile in PROFILES and recorded != PROFILES[profile]:
-        return False  # the profile's sizes changed since this corpus was built
+    if profile in PROFILES:
+        try:
+            if Profile.from_record(record.get("sizes", {})) != PROFILES[profile]:
+                return False  # the profile's sizes changed since this corpus was built
+        except TypeError:
+            return False  # a field this generator no longer knows
     for rel, digest in record.get("sha256", {}).items():
         if not (out / rel).exists() or _sha256(out / rel) != digest:
             return False
