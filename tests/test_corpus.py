@@ -113,6 +113,9 @@ def test_gap_breakdown_groups_every_utterance_by_its_planned_channel(tiny_builds
     no_terms = sum(not u.terms for u in read_manifest(root / "manifests" / "user_test.jsonl"))
     assert users["no_terms"]["utterances"] == no_terms > 0
     assert sum(r["utterances"] for g, r in users.items() if g.startswith("band=")) == no_terms
+    assert sum(r["utterances"] for g, r in users.items() if ",snr=" in g) == no_terms
+    assert 0 < report["clients"]["with_channel"] <= report["clients"]["total"] == PROFILES["tiny"].seen_clients + \
+        PROFILES["tiny"].unseen_clients
     assert all(r["wer"] >= 0 for split in report["splits"].values() for r in split.values())
 
 

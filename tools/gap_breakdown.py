@@ -2,7 +2,8 @@
 
 Decodes proxy_test (split into utterances with and without a simulated device/room channel, and by
 TTS engine) and the user splits' utterances without new terms (split by the client's band-limit,
-room, noise SNR, espeak-ng accent and variant), and writes one JSON report::
+room, noise SNR, espeak-ng accent and variant, and each variant by SNR and by room), and writes one JSON
+report, with how many clients speak through a band-limit, room or noise at all::
 
     python tools/gap_breakdown.py --seed results/seed/model --corpus data/quick \
         --out results/seed-screens/gap_quick.json
@@ -42,7 +43,9 @@ def breakdown(seed: str | Path, corpus: str | Path, splits=("proxy_test", "user_
     plan = corpus_lib.build_plan(corpus_lib.Profile.from_record(record["sizes"]), record["seed"])
     channel = {j.id: j.channel for js in plan.jobs.values() for j in js}
     clients = {c["id"]: c for c in json.loads((corpus / "clients.json").read_text())}
-    out = {"seed": str(seed), "fingerprint": state.get("fingerprint"), "corpus": str(corpus), "splits": {}}
+    out = {"seed": str(seed), "fingerprint": state.get("fingerprint"), "corpus": str(corpus), "splits": {},
+           "clients": {"total": len(clients), "with_channel": sum(
+               bool(c["channel"]["band"] or c["channel"]["rt60"] or c["channel"]["noise"]) for c in clients.values())}}
     for split, us in utts.items():
         hyps = train.evaluate(model, tok, us, fcfg, keep_hypotheses=True)["hypotheses"]
         us = [u for u in us if u.id in hyps]
@@ -65,7 +68,10 @@ def breakdown(seed: str | Path, corpus: str | Path, splits=("proxy_test", "user_
                 groups[f"rt60={ch['rt60']}"].append(u)
                 groups[f"snr={ch['snr']}"].append(u)
                 groups["accent=" + voice.split("+")[0]].append(u)
-                groups["variant=" + (voice.split("+")[1] if "+" in voice else voice)].append(u)
+                variant = "variant=" + (voice.split("+")[1] if "+" in voice else voice)
+                groups[variant].append(u)
+                groups[f"{variant},snr={ch['snr']}"].append(u)  # a voice's WER next to the noise its clients drew
+                groups[f"{variant},rt60={ch['rt60']}"].append(u)
         out["splits"][split] = {"all": _group(us, hyps)} | {g: _group(v, hyps) for g, v in sorted(groups.items())}
     return out
 
