@@ -38,8 +38,10 @@ for _k, _v in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "FLWR_TELEMETRY_E
 import torch  # noqa: E402
 
 from fedasr import results  # noqa: E402
-from fedasr.federated import core, launch  # noqa: E402
-from fedasr.federated.core import FedConfig, FederatedConfig, RunSpec, TaskSpec  # noqa: E402
+from fedasr.federated import client_update as cu
+from fedasr.federated import launch  # noqa: E402
+from fedasr.federated import task as task_lib
+from fedasr.federated.config import FedConfig, FederatedConfig, RunSpec, TaskSpec
 
 
 def toy_params(population: int, examples: int) -> dict:
@@ -51,13 +53,13 @@ def toy_params(population: int, examples: int) -> dict:
 def solo_client_seconds(params: dict, micro_batch: int, repeats: int = 2) -> float:
     """Return one client's FedSGD compute time alone in this process (1 thread, no contention)."""
     torch.set_num_threads(1)
-    task = core.make_task(TaskSpec("toy", params))
+    task = task_lib.make_task(TaskSpec("toy", params))
     model = task.build_model()
     w = {k: v.clone() for k, v in model.state_dict().items()}
     cid = task.client_ids()[0]
     times = []
     for _ in range(repeats):
-        upd = core.fedsgd_client_update(model, w, task.client_batches(cid, micro_batch, 0), cid)
+        upd = cu.fedsgd_client_update(model, w, task.client_batches(cid, micro_batch, 0), cid)
         times.append(upd.metrics["compute-s"])
     return min(times)
 
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         total_s = time.perf_counter() - t0
         rows = [r for r in run.rounds() if r["round"] > 0]
     assert all(r["status"] == "ok" and r["num_succeeded"] == args.clients_per_round for r in rows), rows
-    n_params = sum(p.numel() for p in core.make_task(TaskSpec("toy", params)).build_model().parameters())
+    n_params = sum(p.numel() for p in task_lib.make_task(TaskSpec("toy", params)).build_model().parameters())
     steady = rows[1:] if len(rows) > 1 else rows
     ratios = [r["train_s"] / r["slowest_client_s"] for r in steady]
     round_s = statistics.median(r["train_s"] for r in steady)

@@ -1,6 +1,6 @@
 """The ASR federated task: user-domain clients with on-device labels, starting from the seed model.
 
-Implements `fedasr.federated.core.FederatedTask` for the Conformer ASR model. A client's training
+Implements `fedasr.federated.task.FederatedTask` for the Conformer ASR model. A client's training
 data are its ``user_train`` utterances (audio → log-mels on the device) paired with **on-device
 labels** — never the reference transcripts. Where labels come from is data, a JSON-lines *label
 store* ``{"id", "label"}`` per utterance:
@@ -20,14 +20,13 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from fedasr import config as config_lib
 from fedasr import data as data_lib
-from fedasr import clients, memory, refinement, train
+from fedasr import clients, memory, refinement, results, train
 from fedasr.data import Batch, DataError, SkipReport, Utterance
 from fedasr.features import collate
 
@@ -94,13 +93,7 @@ def write_hypothesis_labels(cfg: ASRTaskConfig, overwrite: bool = False) -> Path
     model, tokenizer, fcfg, _ = train.load_checkpoint(cfg.seed_model)
     utts = data_lib.load_corpus(cfg.corpus, splits=[cfg.train_split])[cfg.train_split]
     rep = train.evaluate(model, tokenizer, utts, fcfg, keep_hypotheses=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        for uid, hyp in rep["hypotheses"].items():
-            f.write(json.dumps({"id": uid, "label": hyp}, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    return results.write_jsonl(path, ({"id": uid, "label": hyp} for uid, hyp in rep["hypotheses"].items()))
 
 
 class ASRTask:
@@ -194,7 +187,7 @@ class ASRTask:
 
     def central_batches(self, micro_batch: int, seed: int, n: int) -> list[Batch]:
         """``n`` utterances of the server's own ``central_split`` (reference transcripts: its data), drawn
-        with ``seed``, as batches of ≤ ``micro_batch`` (Mixed FL's central update; `core.central_update`)."""
+        with ``seed``, as batches of ≤ ``micro_batch`` (Mixed FL's central update; `fedasr.federated.client_update.central_update`)."""
         if self._central is None:
             corpus = data_lib.load_corpus(self.cfg.corpus, splits=[self.cfg.central_split])
             if not corpus.get(self.cfg.central_split):

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedasr.federated.core import derive_seed, sample_clients
+from fedasr.seeding import derive_seed, sample_clients
 
 __all__ = ["DeviceTier", "DEVICE_TIERS", "ClientProfile", "Population"]
 

@@ -21,7 +21,7 @@ What `payload_bytes` counts, exactly: the bytes of every array that must travel,
 codes (or fp32/fp16/bf16 values) plus the fp32 scales and offsets, after lossless coding when it is
 on. It does **not** count variable names, shapes, dtypes and codec names: both sides know the model's
 architecture, so these are protocol constants (the same convention as
-`fedasr.federated.core.payload_bytes`, which counts ``numel · itemsize`` and no framing).
+`fedasr.federated.transport.payload_bytes`, which counts ``numel · itemsize`` and no framing).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class _Codec:
 
 
 # name → codec; `encode` dispatches on the entry, `decode` needs only the `Encoded` it gets.
+CodecName = Literal["none", "fp16", "bf16", "int8", "int8_sr", "int4", "int4_sr"]  # the keys of CODECS
 CODECS: dict[str, _Codec] = {
     "none": _Codec(torch.float32),
     "fp16": _Codec(torch.float16, 16),
@@ -81,7 +82,7 @@ CODECS: dict[str, _Codec] = {
 class CodecConfig:
     """One direction's codec (a `CODECS` name) and its options."""
 
-    name: str = "none"  # a key of CODECS
+    name: CodecName = "none"  # a key of CODECS
     per_channel: bool = False  # int*: one scale (+ offset) per output channel (dim 0) of tensors with ndim >= 2
     symmetric: bool = False  # int*: zero-centred grid, scale only (suits gradients); False = affine min/max
     fp32_vectors: bool = False  # tensors with ndim < 2 (biases, norm gains) travel as fp32 (OMC's matrices-only rule)
@@ -97,10 +98,18 @@ class CodecConfig:
 
 @dataclass
 class TransportConfig:
-    """Codecs per direction: the server→client model download and the client→server update upload."""
+    """Codecs per direction (``[fed.transport.download]`` / ``[fed.transport.upload]``): the server→client
+    model download and the client→server update upload. ``"none"`` both ways is fp32 exactly as without
+    compression; with OMC (``fed.omc.bits``) the download travels in the OMC storage format instead."""
 
-    download: CodecConfig = field(default_factory=CodecConfig)  # fp32 by default; OMC has its own format (omc.py)
-    upload: CodecConfig = field(default_factory=CodecConfig)  # e.g. CodecConfig("int8_sr", symmetric=True)
+    download: CodecConfig = field(default_factory=CodecConfig)  # e.g. CodecConfig("fp16")
+    # uploads are gradients or deltas, centred on zero: a symmetric grid by default (exact zero, no offset sent)
+    upload: CodecConfig = field(default_factory=lambda: CodecConfig(symmetric=True))  # e.g. CodecConfig("int8_sr")
+
+    @property
+    def compress_upload(self) -> bool:
+        """True when the upload travels encoded (a codec or lossless coding)."""
+        return self.upload.name != "none" or self.upload.lossless != "none"
 
 
 @dataclass

@@ -7,8 +7,14 @@ Every knob lives in a ``@dataclass`` next to the code it controls (``FeatureConf
 * Nested tables map to nested dataclasses (``[model]`` → ``cfg.model``); dotted override keys
   (``"model.preset"``) address one field.
 * An unknown key is an error that names the key and the keys that would have been accepted
-  (nanoGPT's configurator does the same: a typo must never silently fall back to a default).
-* Values are type-checked against the field annotation (an ``int`` is accepted for a ``float``).
+  (nanoGPT's configurator does the same: a typo must never silently fall back to a default). A
+  dataclass may list retired keys in a ``__renamed__`` class attribute (old kebab key → new dotted
+  key): such a key fails with a message naming its new key.
+* Values are type-checked against the field annotation (an ``int`` is accepted for a ``float``; a
+  ``Literal`` lists its accepted values).
+* A nested table's omitted keys take the *enclosing* dataclass's default for that table (e.g.
+  ``[fed.omc]`` without ``bits`` keeps ``FedConfig``'s ``bits = 0``), not the nested class's own default.
+* `load` names the file in every error.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 __all__ = ["ConfigError", "from_dict", "load", "apply_overrides", "parse_overrides", "to_dict", "flatten",
-           "from_run_config"]
+           "merge", "from_run_config"]
 
 T = TypeVar("T")
 
@@ -64,7 +70,7 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {value!r} does not match {tp}")
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
+            raise ConfigError(f"{where}: {value!r} is not an accepted value; accepted values: {list(typing.get_args(tp))}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -110,21 +116,50 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = _hints(cls)
+    renamed = getattr(cls, "__renamed__", {})
     kwargs = {}
     for key, value in data.items():
         name = _snake(key)
         where = f"{prefix}.{_kebab(name)}" if prefix else _kebab(name)
         if name not in fields:
+            if _kebab(name) in renamed:
+                new = f"{prefix}.{renamed[_kebab(name)]}" if prefix else renamed[_kebab(name)]
+                raise ConfigError(f"config key {where!r} was renamed: use {new!r} instead")
             known = sorted(_kebab(f) for f in fields)
             close = difflib.get_close_matches(_kebab(name), known, n=3)
             hint = f" Did you mean {close}?" if close else ""
             raise ConfigError(f"unknown config key {where!r}.{hint} Known keys here: {known}")
-        kwargs[name] = _check_type(value, hints[name], where)
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+            default = _field_default(fields[name])
+            if dataclasses.is_dataclass(default):  # omitted keys keep the enclosing class's default table
+                value = merge(to_dict(default), value)
+        kwargs[name] = _check_type(value, tp, where)
     try:
         obj = cls(**kwargs)
+    except ConfigError:
+        raise  # already names its key (a nested table validated in __post_init__)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
     return obj
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    """The default value of a dataclass field (calling its factory), or None if it has none."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def merge(base: Mapping, over: Mapping) -> dict:
+    """``over`` merged into ``base`` table by table (``over`` wins)."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
 
 
 def to_dict(cfg: Any) -> dict:
@@ -165,21 +200,11 @@ def _unflatten(flat: Mapping[str, Any]) -> dict:
     return out
 
 
-def _merge(base: dict, over: Mapping) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def apply_overrides(cfg: T, overrides: Mapping[str, Any] | None) -> T:
     """Return a copy of ``cfg`` with dotted-key ``overrides`` applied (validated like a file)."""
     if not overrides:
         return cfg
-    merged = _merge(to_dict(cfg), _unflatten({k: v for k, v in overrides.items()}))
+    merged = merge(to_dict(cfg), _unflatten({k: v for k, v in overrides.items()}))
     return from_dict(type(cfg), merged)
 
 
@@ -214,8 +239,14 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, A
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML ({e})") from None
         data = data.get("tool", {}).get("fedasr", data) if "tool" in data else data
-    cfg = from_dict(cls, data)
-    return apply_overrides(cfg, overrides)
+    try:
+        cfg = from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+    try:
+        return apply_overrides(cfg, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"override {sorted(overrides or {})} (over {path or 'the defaults'}): {e}") from None
 
 
 def from_run_config(cls: type[T], run_config: Mapping[str, Any]) -> T:

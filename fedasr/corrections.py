@@ -30,7 +30,6 @@ record through `device_view`, which drops everything the device could not know.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -41,7 +40,9 @@ from typing import Iterable, Mapping, Sequence
 
 from rapidfuzz.distance import Levenshtein  # a dependency of jiwer (pinned), C-speed edit distances
 
+from fedasr import results
 from fedasr.data import DataError, Utterance, normalize_text
+from fedasr.seeding import derive_seed
 
 __all__ = [
     "KINDS",
@@ -158,9 +159,8 @@ class CorrectionConfig:
 
 
 def _rng(*parts) -> random.Random:
-    """Return a Random seeded from ``parts`` (sha256, stable across processes; as core.derive_seed)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "little") >> 1)
+    """Return a Random seeded from ``parts`` (`fedasr.seeding.derive_seed`: stable across processes)."""
+    return random.Random(derive_seed(*parts))
 
 
 def client_engagement(client: str | None, cfg: CorrectionConfig) -> float:
@@ -353,15 +353,8 @@ def device_view(record: Mapping) -> dict:
 
 
 def write_records(path: str | Path, records: Iterable[Mapping]) -> Path:
-    """Write correction records as JSON lines (atomically: temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    """Write correction records as JSON lines (atomically: `fedasr.results.write_jsonl`)."""
+    return results.write_jsonl(path, records, ensure_ascii=False)
 
 
 def read_records(path: str | Path) -> list[dict]:

@@ -41,7 +41,6 @@ __all__ = [
     "load_corpus",
     "load_audio",
     "iter_audio",
-    "new_terms_subset",
 ]
 
 SAMPLE_RATE = 16_000
@@ -333,11 +332,6 @@ def iter_audio(
                 report.add(_reason(e), u.path)
             continue
         yield u, x
-
-
-def new_terms_subset(utterances: Iterable[Utterance]) -> list[Utterance]:
-    """Utterances whose reference contains a client-specific name or place (the "new terms")."""
-    return [u for u in utterances if u.terms]
 
 
 def summarize_corpus(root: str | Path) -> dict:

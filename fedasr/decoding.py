@@ -1,8 +1,8 @@
 """Decoding: batched greedy CTC, batched greedy RNN-T, and RNN-T beam search via torchaudio.
 
-All functions return token ids in ``1..vocab_size`` (blank = 0 removed); `transcribe` turns a batch
-into text with a tokenizer. The model argument is a `fedasr.model.ASRModel` (duck-typed here so the
-two modules do not import each other at load time).
+All functions return token ids in ``1..vocab_size`` (blank = 0 removed); `greedy_decode` runs a
+`fedasr.model.ASRModel` of either head end to end, and `transcribe` turns a batch into text with a
+tokenizer. This module imports `fedasr.model`; the model never imports decoding.
 """
 
 from __future__ import annotations
@@ -13,14 +13,47 @@ import torch
 from torch import nn
 from torchaudio.models import RNNTBeamSearch
 
+from .model import ASRModel, ConvSubsampling
 from .tokenizer import BLANK
 
 if TYPE_CHECKING:
     from .data import Batch
-    from .model import ASRModel
     from .tokenizer import Tokenizer
 
-__all__ = ["ctc_greedy_decode", "rnnt_greedy_decode", "rnnt_beam_search", "transcribe"]
+__all__ = ["greedy_decode", "ctc_greedy_decode", "rnnt_greedy_decode", "rnnt_beam_search", "transcribe"]
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: ASRModel, features: torch.Tensor, lengths: torch.Tensor, max_symbols_per_frame: int = 5
+) -> list[list[int]]:
+    """Greedy (best-path) decoding of a batch with either head; utterances with no encoder frames give ``[]``.
+
+    Args:
+        model: CTC or RNN-T `ASRModel`, switched to eval mode for decoding and restored after.
+        features: ``(B, T, F)`` un-normalised log-mels, zero-padded; lengths: ``(B,)`` valid frames.
+        max_symbols_per_frame: RNN-T only: tokens emitted per encoder frame at most.
+
+    Returns:
+        token ids (``1..vocab_size``) per utterance.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        ok = (ConvSubsampling.output_lengths(lengths) >= 1).nonzero().flatten()
+        out: list[list[int]] = [[] for _ in range(len(lengths))]
+        if len(ok) == 0:
+            return out
+        enc, enc_len = model.encode(features[ok], lengths[ok])
+        if model.config.head == "ctc":
+            hyps = ctc_greedy_decode(model.ctc_log_probs(enc), enc_len)
+        else:
+            hyps = rnnt_greedy_decode(model, enc, enc_len, max_symbols_per_frame)
+        for i, h in zip(ok.tolist(), hyps):
+            out[i] = h
+        return out
+    finally:
+        model.train(was_training)
 
 
 def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = BLANK) -> list[list[int]]:
@@ -43,7 +76,7 @@ def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int
 
 @torch.no_grad()
 def rnnt_greedy_decode(
-    model: "ASRModel", enc: torch.Tensor, enc_lengths: torch.Tensor, max_symbols_per_frame: int = 5
+    model: ASRModel, enc: torch.Tensor, enc_lengths: torch.Tensor, max_symbols_per_frame: int = 5
 ) -> list[list[int]]:
     """Batched greedy RNN-T decoding (Graves 2012): at each frame emit argmax tokens until blank.
 
@@ -90,7 +123,7 @@ class _BlankLastAdapter(nn.Module):
     beam search concatenates and slices states along dim 0.
     """
 
-    def __init__(self, model: "ASRModel") -> None:
+    def __init__(self, model: ASRModel) -> None:
         super().__init__()
         self.model = model
         self.num_classes = model.config.vocab_size + 1
@@ -112,7 +145,7 @@ class _BlankLastAdapter(nn.Module):
 
 @torch.no_grad()
 def rnnt_beam_search(
-    model: "ASRModel",
+    model: ASRModel,
     features: torch.Tensor,
     lengths: torch.Tensor,
     beam_width: int = 4,
@@ -136,26 +169,26 @@ def rnnt_beam_search(
         raise ValueError("rnnt_beam_search needs an RNN-T model")
     adapter = _BlankLastAdapter(model)
     search = RNNTBeamSearch(adapter, blank=model.config.vocab_size, step_max_tokens=max_symbols_per_frame)
+    frames = ConvSubsampling.output_lengths(lengths)
     was_training = model.training
     model.eval()
     try:
         out = []
         for i in range(features.shape[0]):
-            n = int(lengths[i])
-            if n < 7:  # no encoder frame after 4x subsampling (fedasr.model.ConvSubsampling)
+            if frames[i] < 1:  # no encoder frame after subsampling
                 out.append([])
                 continue
-            hyps = search(features[i : i + 1, :n], lengths[i : i + 1], beam_width)
+            hyps = search(features[i : i + 1, : int(lengths[i])], lengths[i : i + 1], beam_width)
             out.append([s + 1 for s in hyps[0][0][1:]])  # drop the start token; rotate back to our ids
         return out
     finally:
         model.train(was_training)
 
 
-def transcribe(model: "ASRModel", batch: "Batch", tokenizer: "Tokenizer", beam_width: int = 1) -> list[str]:
+def transcribe(model: ASRModel, batch: "Batch", tokenizer: "Tokenizer", beam_width: int = 1) -> list[str]:
     """Decode a batch to text: greedy for ``beam_width == 1``, else RNN-T beam search."""
     if beam_width > 1:
         ids = rnnt_beam_search(model, batch.features, batch.feature_lengths, beam_width)
     else:
-        ids = model.greedy_decode(batch.features, batch.feature_lengths)
+        ids = greedy_decode(model, batch.features, batch.feature_lengths)
     return [tokenizer.decode(h) for h in ids]

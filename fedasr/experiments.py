@@ -13,11 +13,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fedasr import asr_task, config as config_lib, results, train
-from fedasr.federated.core import FedConfig, FederatedConfig, RunSpec, TaskSpec
+from fedasr import asr_task, corrections, refinement, results, train
+from fedasr import config as config_lib
+from fedasr import data as data_lib
+from fedasr.corrections import CorrectionConfig
+from fedasr.federated.config import FedConfig, FederatedConfig, RunSpec, TaskSpec
+from fedasr.federated.launch import run_simulation
+from fedasr.refinement import FilterConfig
 
 __all__ = ["FederatedExperiment", "run_federated_experiment", "variant_rows", "relative_rows", "QualityExperiment",
-           "run_quality_experiment", "quality_rows", "quality_targets"]
+           "run_quality_experiment", "quality_rows", "quality_targets", "variant_config"]
 
 
 @dataclass
@@ -32,15 +37,24 @@ class FederatedExperiment:
     concurrency: int = 2  # clients trained at once (one core and one torch thread each)
     reference: str = ""  # a variant to compare the others with (bytes and WER; `relative_rows`), "" = none
 
+    def __post_init__(self) -> None:
+        for name in self.variants:  # a bad variant fails when the config is loaded, before any run starts
+            variant_config(self, name)
+        if self.reference and self.reference not in self.variants:
+            raise config_lib.ConfigError(f"reference: {self.reference!r} is not a variant ({sorted(self.variants)})")
 
-def _variant_config(exp: FederatedExperiment, name: str) -> FederatedConfig:
-    """The `FederatedConfig` of one variant: the shared settings with its overrides (validated)."""
+
+def variant_config(exp: FederatedExperiment, name: str) -> FederatedConfig:
+    """The `FederatedConfig` of one variant: the shared settings with its overrides merged table by table
+    (validated: unknown, retired or mistyped keys fail naming ``variants.<name>.<key>``)."""
     over = exp.variants[name]
     unknown = set(over) - {"fed", "task"}
     if unknown:
         raise config_lib.ConfigError(f"variants.{name}: unknown table(s) {sorted(unknown)} (expected 'fed', 'task')")
-    fed = config_lib.from_dict(FedConfig, {**config_lib.to_dict(exp.fed), **over.get("fed", {})}, prefix=f"variants.{name}.fed")
-    task = config_lib.from_dict(asr_task.ASRTaskConfig, {**config_lib.to_dict(exp.task), **over.get("task", {})},
+    fed = config_lib.from_dict(FedConfig, config_lib.merge(config_lib.to_dict(exp.fed), over.get("fed", {})),
+                               prefix=f"variants.{name}.fed")
+    task = config_lib.from_dict(asr_task.ASRTaskConfig, config_lib.merge(config_lib.to_dict(exp.task),
+                                                                         over.get("task", {})),
                                 prefix=f"variants.{name}.task")
     # absolute paths: Flower's client processes may not share this process's working directory
     task = replace(task, corpus=str(Path(task.corpus).resolve()), seed_model=str(Path(task.seed_model).resolve()),
@@ -58,9 +72,7 @@ def run_federated_experiment(exp: FederatedExperiment, only: list[str] | None = 
         only: variant names to run (default: all).
         rerun: delete a variant's previous run folder first; ``False`` keeps finished runs as they are.
     """
-    from fedasr.federated.launch import run_simulation
-
-    configs = {name: _variant_config(exp, name) for name in (only or list(exp.variants))}  # validate all first
+    configs = {name: variant_config(exp, name) for name in (only or list(exp.variants))}  # validate all first
     # on-device labels the clients hold: the seed model's hypotheses, computed once
     for cfg in configs.values():
         task_cfg = config_lib.from_dict(asr_task.ASRTaskConfig, cfg.task.params)
@@ -91,7 +103,7 @@ def relative_rows(rows: list[dict[str, Any]], reference: str, max_wer_rel: float
 
     ``transport_ratio`` = (download + upload bytes) ÷ the reference's: with an fp32 reference over the same
     sampled clients and rounds, the small model's ``(down + up) ÷ (2 × fp32 model)`` per client round (issue 5's
-    P2 counts bytes at full scale, `bench/efficiency.py`, where fp32 vectors weigh less). ``wer_user_rel`` =
+    P2 counts bytes at full scale, `fedasr.efficiency`, where fp32 vectors weigh less). ``wer_user_rel`` =
     final user WER ÷ the reference's − 1; ``within_3pct`` = ``wer_user_rel ≤ max_wer_rel`` (P2's quality half).
     """
     ref = next(r for r in rows if r["variant"] == reference)
@@ -136,19 +148,12 @@ class QualityExperiment:
     results_root: str = "results"
     task: asr_task.ASRTaskConfig = field(default_factory=asr_task.ASRTaskConfig)
     fed: FedConfig = field(default_factory=FedConfig)
-    corrections: Any = None  # fedasr.corrections.CorrectionConfig (None = its defaults)
-    filter: Any = None  # fedasr.refinement.FilterConfig (None = its defaults)
+    corrections: CorrectionConfig = field(default_factory=CorrectionConfig)  # the simulated users
+    filter: FilterConfig = field(default_factory=FilterConfig)  # on-device filtering of corrections
     variants: dict[str, dict] = field(default_factory=dict)  # name → {labels, min-corrections, fed: {...}}
     concurrency: int = 2
 
     def __post_init__(self) -> None:
-        from fedasr import corrections, refinement
-
-        if not isinstance(self.corrections, corrections.CorrectionConfig):
-            self.corrections = config_lib.from_dict(corrections.CorrectionConfig, self.corrections or {},
-                                                    prefix="corrections")
-        if not isinstance(self.filter, refinement.FilterConfig):
-            self.filter = config_lib.from_dict(refinement.FilterConfig, self.filter or {}, prefix="filter")
         for name, v in self.variants.items():
             unknown = set(v) - {"labels", "min-corrections", "fed"}
             if unknown:
@@ -157,6 +162,8 @@ class QualityExperiment:
             if v.get("labels", "filtered") not in refinement.LABEL_MODES:
                 raise config_lib.ConfigError(f"variants.{name}.labels: {v.get('labels')!r} is not one of "
                                              f"{refinement.LABEL_MODES}")
+            config_lib.from_dict(FedConfig, config_lib.merge(config_lib.to_dict(self.fed), v.get("fed", {})),
+                                 prefix=f"variants.{name}.fed")
 
 
 def run_quality_experiment(exp: QualityExperiment, rerun: bool = True) -> list[dict]:
@@ -168,8 +175,6 @@ def run_quality_experiment(exp: QualityExperiment, rerun: bool = True) -> list[d
     (4) one federated run per variant; (5) rows ``{variant, rounds, wer_user, wer_new_terms, wer_proxy}``,
     the seed model first and the full refinement last, in ``results/<experiment>/wer.json``.
     """
-    from fedasr import corrections, data as data_lib, refinement
-
     root = Path(exp.results_root) / exp.experiment
     top = results.open_run(root, exp.experiment, exp, resume=True)
     # (1) + (2): what the phones showed, and what the users typed
@@ -199,8 +204,6 @@ def run_quality_experiment(exp: QualityExperiment, rerun: bool = True) -> list[d
 
 def quality_rows(exp: QualityExperiment, runs: dict[str, results.RunDir]) -> list[dict]:
     """The ablation table from finished runs and their label stores: the seed first, then each variant."""
-    from fedasr import refinement
-
     first = next(iter(runs.values())).summary()
     rows = [_quality_row("seed", 0, first.get("initial_eval") or {})]
     for name, run in runs.items():

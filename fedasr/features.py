@@ -1,13 +1,14 @@
 """Log-mel front end, global mean/variance normalisation, SpecAugment, batching and bucketing.
 
 Follows the torchaudio Conformer RNN-T recipe (``examples/asr/librispeech_conformer_rnnt``):
-transforms are `nn.Module`s composed with `nn.Sequential`, with separate train and eval pipelines.
+transforms are `nn.Module`s composed with `nn.Sequential`. The front end is `eval_pipeline`; training
+adds `SpecAugment` per utterance (`collate`'s ``augment``).
 Front end as in Conformer (Gulati et al. 2020, paper.md §2.8.6): 80 log-mel channels, 25 ms window,
 10 ms hop at 16 kHz.
 
 `GlobalStatsNormalization` is defined here but lives inside `fedasr.model.ASRModel` (its first
 stage), so the statistics travel in every model checkpoint and every federated download.
-The pipelines here therefore produce *un-normalised* log-mels.
+The front end here therefore produces *un-normalised* log-mels.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ __all__ = [
     "SpecAugment",
     "GlobalStatsNormalization",
     "compute_stats",
-    "train_pipeline",
     "eval_pipeline",
     "collate",
     "make_batch",
@@ -163,11 +163,6 @@ def compute_stats(features: Iterable[torch.Tensor], min_std: float = 1e-5) -> tu
     mean = s / n
     var = (ss / n - mean * mean).clamp(min=0)
     return mean.float(), var.sqrt().clamp(min=min_std).float()
-
-
-def train_pipeline(cfg: FeatureConfig) -> nn.Sequential:
-    """Training front end: waveform ``(N,)`` → log-mel → SpecAugment → ``(T, F)``."""
-    return nn.Sequential(LogMel(cfg), SpecAugment(cfg)).train()
 
 
 def eval_pipeline(cfg: FeatureConfig) -> nn.Sequential:

@@ -35,7 +35,6 @@ import torchaudio
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import decoding
 from .data import Batch, DataError
 from .features import GlobalStatsNormalization
 from .tokenizer import BLANK
@@ -382,35 +381,6 @@ class ASRModel(nn.Module):
         loss_sum, num_tokens = float(total.detach()), int(tlen.sum())
         info.update(loss_sum=loss_sum, num_tokens=num_tokens, loss_per_token=loss_sum / max(num_tokens, 1))
         return (total / len(keep) if reduction == "mean" else total), info
-
-    @torch.no_grad()
-    def greedy_decode(self, features: torch.Tensor, lengths: torch.Tensor, max_symbols_per_frame: int = 5) -> list[list[int]]:
-        """Greedy (best-path) decoding in eval mode; utterances with no encoder frames give ``[]``.
-
-        Args:
-            features: ``(B, T, F)``; lengths: ``(B,)``.
-            max_symbols_per_frame: RNN-T only: tokens emitted per encoder frame at most.
-
-        Returns:
-            token ids (``1..vocab_size``) per utterance.
-        """
-        was_training = self.training
-        self.eval()
-        try:
-            ok = (ConvSubsampling.output_lengths(lengths) >= 1).nonzero().flatten()
-            out: list[list[int]] = [[] for _ in range(len(lengths))]
-            if len(ok) == 0:
-                return out
-            enc, enc_len = self.encode(features[ok], lengths[ok])
-            if self.config.head == "ctc":
-                hyps = decoding.ctc_greedy_decode(self.ctc_log_probs(enc), enc_len)
-            else:
-                hyps = decoding.rnnt_greedy_decode(self, enc, enc_len, max_symbols_per_frame)
-            for i, h in zip(ok.tolist(), hyps):
-                out[i] = h
-            return out
-        finally:
-            self.train(was_training)
 
 
 def _torchaudio_block(layer: nn.Module, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:

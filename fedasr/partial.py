@@ -4,14 +4,14 @@ A *selection* is data: the tuple of parameter names that train this round (STYLE
 keeps mechanism and policy apart the same way). `apply_selection` turns it into ``requires_grad``
 flags, after which nothing else branches on it:
 
-* only trainable variables get gradients, and `fedasr.federated.core`'s client updates upload only
+* only trainable variables get gradients, and `fedasr.federated.client_update` uploads only
   those (``trainable_names``);
 * autograd records nothing for ops whose inputs need no gradient, so frozen blocks *below* the lowest
   trainable one store no activations and run no backward — no ``torch.no_grad()`` or model change is
   needed (paper.md §2.4.2, open question 20); frozen blocks *above* it still store activations,
   because the gradient flows through them;
-* the server averages each variable over the clients that trained it (`core.aggregate` does this per
-  key; `aggregate_partial` is the same maths for plain dicts).
+* the server averages each variable over the clients that trained it (`fedasr.federated.aggregation.aggregate`
+  does this per key).
 
 Policies (`PartialConfig.policy`): ``all``; ``top_k`` (the top k Conformer blocks, plus the head);
 ``random`` (Partial Variable Training, Yang et al. 2022, arXiv 2110.05607: a fresh random subset per
@@ -22,15 +22,14 @@ peak — `fedasr.memory.estimate` — fits the client's memory budget).
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
 from . import memory
-from .federated.core import derive_seed
+from .seeding import derive_seed
 
 __all__ = [
     "PartialConfig",
@@ -41,22 +40,21 @@ __all__ = [
     "budget_selection",
     "select",
     "apply_selection",
-    "frozen_names",
-    "aggregate_partial",
     "describe",
 ]
 
 
 @dataclass
 class PartialConfig:
-    """Which variables train (module docstring)."""
+    """Which variables train (module docstring; ``[fed.partial]`` in a federated config)."""
 
     policy: Literal["all", "top_k", "random", "budget"] = "all"  # selection rule
     top_k: int = 6  # top_k: Conformer blocks trained, counted from the top (output side)
     train_head: bool = True  # top_k/budget: the predictor + joiner (or CTC head) train too
     fraction: float = 0.5  # random: share of the model's parameters trained per client and round (PVT)
     unit: Literal["block", "variable"] = "block"  # random: draw whole units (blocks, head parts) or single variables
-    seed: int = 0  # random: the run's seed; each draw uses (seed, round, client)
+    budget_mib: float = 0.0  # budget: the client's training-memory budget in MiB; 0 = its device tier's
+    #   (fedasr.clients; the federated task's memory_budget_bytes)
     budget_margin: float = 0.0  # budget: fraction of the budget kept free (allocator slack the model omits)
 
     def __post_init__(self) -> None:
@@ -66,6 +64,15 @@ class PartialConfig:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.top_k < 0 or not 0.0 <= self.budget_margin < 1.0:
             raise ValueError("top_k must be >= 0 and budget_margin in [0, 1)")
+        if self.budget_mib < 0:
+            raise ValueError(f"budget_mib must be >= 0, got {self.budget_mib}")
+        if self.unit not in ("block", "variable"):
+            raise ValueError(f"unit must be 'block' or 'variable', got {self.unit!r}")
+
+    @property
+    def enabled(self) -> bool:
+        """True when a client trains (and uploads) a subset of the variables."""
+        return self.policy != "all"
 
 
 @dataclass(frozen=True)
@@ -149,15 +156,16 @@ def budget_selection(model: nn.Module, budget_bytes: int, shape: memory.RoundSha
     return Selection((), "budget", smallest, budget_bytes, False)
 
 
-def select(model: nn.Module, cfg: PartialConfig, *, server_round: int = 0, client_id: str = "",
+def select(model: nn.Module, cfg: PartialConfig, *, seed: int = 0, server_round: int = 0, client_id: str = "",
            budget_bytes: int | None = None, shape: memory.RoundShape | None = None) -> Selection:
-    """Apply ``cfg.policy`` to ``model``; ``budget`` needs ``budget_bytes`` and the round's ``shape``."""
+    """Apply ``cfg.policy`` to ``model``; ``random`` draws from ``(seed, server_round, client_id)`` (the run's
+    seed), ``budget`` needs ``budget_bytes`` and the round's ``shape``."""
     if cfg.policy == "all":
         return Selection(tuple(n for n, _ in model.named_parameters()), "all")
     if cfg.policy == "top_k":
         return Selection(tuple(top_k_names(model, cfg.top_k, cfg.train_head)), "top_k")
     if cfg.policy == "random":
-        return Selection(tuple(random_names(model, cfg.fraction, cfg.seed, server_round, client_id, cfg.unit)),
+        return Selection(tuple(random_names(model, cfg.fraction, seed, server_round, client_id, cfg.unit)),
                          "random")
     if budget_bytes is None or shape is None:
         raise ValueError("the budget policy needs budget_bytes and the round's memory.RoundShape")
@@ -175,27 +183,6 @@ def apply_selection(model: nn.Module, names: Sequence[str] | Selection) -> None:
         p.requires_grad_(n in names)
         if n not in names:
             p.grad = None
-
-
-def frozen_names(model: nn.Module) -> list[str]:
-    """Names of the parameters that do not train."""
-    return [n for n, p in model.named_parameters() if not p.requires_grad]
-
-
-def aggregate_partial(updates: Sequence[Mapping[str, torch.Tensor]],
-                      weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """Average each variable over the updates that contain it: ``Σ_{i∋k} a_i x_i[k] / Σ_{i∋k} a_i``.
-
-    The same rule as `fedasr.federated.core.aggregate` for plain dicts (e.g. decoded payloads).
-    """
-    sums: dict[str, torch.Tensor] = {}
-    norms: dict[str, float] = {}
-    for u, w in zip(updates, weights, strict=True):
-        for k, x in u.items():
-            x = x.to(torch.float64) * float(w)
-            sums[k] = sums[k] + x if k in sums else x
-            norms[k] = norms.get(k, 0.0) + float(w)
-    return {k: (s / norms[k]).to(torch.float32) for k, s in sums.items() if norms[k] > 0}
 
 
 def describe(selection: Selection, model: nn.Module) -> dict[str, Any]:

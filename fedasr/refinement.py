@@ -8,10 +8,9 @@ documented, parameterized default of ours [INF] (paper.md §2.5, §5 rows 13–1
 
 Where each piece runs:
 
-* **device** — `check_correction` / `filter_corrections` / `device_training_set` see only a record's
-  `fedasr.corrections.device_view` (hypothesis shown, correction typed, audio duration);
-  `client_round_stats` builds the numbers the client uploads (`ClientStats.to_metrics`) from its
-  label-store lines, or declines the round (`ClientDeclined`).
+* **device** — `check_correction` / `filter_corrections` see only a record's `fedasr.corrections.device_view`
+  (hypothesis shown, correction typed, audio duration); `client_round_stats` builds the numbers the client
+  uploads (`ClientStats.to_metrics`) from its label-store lines, or declines the round (`ClientDeclined`).
 * **simulation shortcut** — `write_label_store` runs the device filter for every client once and
   writes the label store `fedasr.asr_task` reads. The filter is a pure function of on-device data, so
   precomputing it is the same as running it on each phone at round time.
@@ -31,18 +30,18 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Literal, Mapping, Sequence, get_args
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein  # a dependency of jiwer (pinned)
 
-from fedasr.corrections import CorrectionConfig, device_view
+from fedasr import results
+from fedasr.corrections import device_view
 from fedasr.data import normalize_text
 
 __all__ = [
-    "DROP_REASONS", "DECLINE_REASONS", "LABEL_MODES", "WCA_METHODS", "ClientDeclined", "FilterConfig",
-    "check_correction", "FilterResult",
-    "filter_corrections", "device_training_set", "label_store_lines", "write_label_store",
+    "DROP_REASONS", "DECLINE_REASONS", "LABEL_MODES", "WCAMethod", "WCA_METHODS", "ClientDeclined", "FilterConfig",
+    "check_correction", "FilterResult", "filter_corrections", "label_store_lines", "write_label_store",
     "read_label_store", "correction_counts", "eligible_clients", "corrected_words", "word_bucket",
     "ClientStats", "client_stats", "client_round_stats", "wca_weights", "filter_report",
 ]
@@ -54,7 +53,9 @@ DROP_REASONS = ("empty", "non-text", "too-long", "too-fast", "unchanged", "lengt
                 "word-edit")
 DECLINE_REASONS = ("no-corrections", "all-filtered")
 LABEL_MODES = ("hypotheses", "committed", "corrected", "filtered")
-WCA_METHODS = ("examples", "uniform", "frequency", "frequency-common", "corrections", "loss")
+# Aggregation weights a_i (paper §2.5): "examples" is n_i (FedAvg); the others are WCA (`wca_weights`).
+WCAMethod = Literal["examples", "uniform", "frequency", "frequency-common", "corrections", "loss"]
+WCA_METHODS: tuple[str, ...] = get_args(WCAMethod)
 # What a typed transcript may contain before normalization: letters, digits, spaces and the punctuation
 # `normalize_text` maps or drops. Anything else (emoji, URLs, '@', '/', other scripts) is not a transcript.
 _TEXT_CHARS = re.compile(r"^[A-Za-z0-9\s.,!?;:'\"()\-&#*’‘“”]*$")
@@ -175,15 +176,6 @@ def filter_corrections(items: Iterable[Mapping], cfg: FilterConfig | None = None
     return out
 
 
-def device_training_set(items: Iterable[Mapping], client_id: str, cfg: FilterConfig | None = None) -> FilterResult:
-    """Filter one client's utterances at round time; raise `ClientDeclined` when nothing is left."""
-    res = filter_corrections(items, cfg)
-    if not res.kept:
-        reason = "no-corrections" if res.counts["uncorrected"] == sum(res.counts.values()) else "all-filtered"
-        raise ClientDeclined(client_id, reason, res.counts)
-    return res
-
-
 # ---------------------------------------------------------------------------------------------------
 # Label stores (what `fedasr.asr_task` reads) and client selection
 # ---------------------------------------------------------------------------------------------------
@@ -232,13 +224,7 @@ def write_label_store(path: str | Path, records: Sequence[Mapping], mode: str = 
     ``status`` (filter outcome counts) and ``corrections_per_client``.
     """
     lines = label_store_lines(records, mode, cfg)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        for line in lines:
-            f.write(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    results.write_jsonl(path, lines, ensure_ascii=False)
     return {"mode": mode, "utterances": len(lines), "labelled": sum(bool(x["label"]) for x in lines),
             "clients_labelled": len({x["client"] for x in lines if x["label"]}),
             "status": dict(Counter(x["status"] for x in lines)), "corrections_per_client": correction_counts(lines)}
@@ -306,11 +292,9 @@ class ClientStats:
 
     def to_metrics(self) -> dict[str, int | list[int]]:
         """Encode for the wire (a Flower MetricRecord accepts this dict as is)."""
-        out: dict[str, int | list[int]] = {"wca-utterances": int(self.utterances),
-                                           "wca-corrections": int(self.corrections), "wca-kept": int(self.kept),
-                                           "wca-hist": [int(v) for v in self.histogram]}
-        out.update({f"wca-drop-{k}": int(v) for k, v in self.drops.items()})
-        return out
+        return {"wca-utterances": int(self.utterances), "wca-corrections": int(self.corrections),
+                "wca-kept": int(self.kept), "wca-hist": [int(v) for v in self.histogram],
+                **{f"wca-drop-{k}": int(v) for k, v in self.drops.items()}}
 
     @classmethod
     def from_metrics(cls, metrics: Mapping, buckets: int | None = None) -> ClientStats:
@@ -429,7 +413,7 @@ def _usable(a: np.ndarray, n: np.ndarray, method: str) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Configuration of an ablation row, and analysis
+# Analysis of the filter (evaluation only)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -443,7 +427,7 @@ def filter_report(records: Sequence[Mapping], cfg: FilterConfig | None = None) -
     """
     res = filter_corrections(records, cfg)
     by_kind: dict[str, Counter] = defaultdict(Counter)
-    good = bad = wrong = good_kept = bad_removed = wrong_removed = 0
+    good = bad = good_kept = bad_removed = 0
     for r in records:
         if r["correction"] is None:
             continue
@@ -452,15 +436,14 @@ def filter_report(records: Sequence[Mapping], cfg: FilterConfig | None = None) -
         right = bool(r["oracle"]["label_correct"])
         good += right
         bad += not right
-        wrong += r["kind"] == "wrong"
         good_kept += right and st == "kept"
         bad_removed += (not right) and st != "kept"
-        wrong_removed += r["kind"] == "wrong" and st != "kept"
     kept = sum(c["kept"] for c in by_kind.values())
+    wrong = by_kind.get("wrong", Counter())
 
     def rate(a: int, b: int) -> float:
         return a / b if b else math.nan
 
-    return {"by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
-            "incorrect_removed": rate(bad_removed, bad), "wrong_removed": rate(wrong_removed, wrong),
+    return {"by_kind": {k: dict(v) for k, v in sorted(by_kind.items())}, "incorrect_removed": rate(bad_removed, bad),
+            "wrong_removed": rate(wrong["corrections"] - wrong["kept"], wrong["corrections"]),
             "correct_kept": rate(good_kept, good), "precision": rate(good_kept, kept)}

@@ -6,11 +6,13 @@ Layout of one run (DESIGN.md §4)::
     rounds.jsonl    one JSON object per round/step (appended as the run goes)
     summary.json    final metrics, written once at the end
 
-JSON is written atomically (temp file + rename) so an interrupted run never leaves a half file.
+JSON is written atomically (`atomic_write`: temp file + rename; other modules use it for their own
+whole-file writes too) so an interrupted run never leaves a half file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,14 +23,16 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 __all__ = [
     "REPO_ROOT",
     "RunDir",
     "new_run",
     "open_run",
+    "atomic_write",
     "write_json",
+    "write_jsonl",
     "read_json",
     "append_jsonl",
     "read_jsonl",
@@ -63,13 +67,44 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; move it onto ``path`` when the block succeeds.
+
+    Parent folders are created. The temporary file is ``<name>.tmp`` in the same folder, so the final
+    ``os.replace`` is a rename on one file system: a reader sees the old file or the new one, never a
+    half-written one. If the block (or the rename) raises, the temporary file is removed.
+
+    Example::
+
+        with atomic_write(directory / "model.pt") as tmp:
+            torch.save(payload, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented, key-sorted JSON, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any], ensure_ascii: bool = True) -> Path:
+    """Write ``rows`` as JSON lines (one key-sorted object a line), atomically; ``ensure_ascii`` as in `json.dumps`."""
+    path = Path(path)
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(_jsonable(row), sort_keys=True, ensure_ascii=ensure_ascii) + "\n")
     return path
 
 

@@ -20,11 +20,10 @@ import hashlib
 import io
 import json
 import math
-import os
 import random
 import shutil
-import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -37,8 +36,9 @@ import torch.multiprocessing as mp
 from fedasr import config as config_lib
 from fedasr import data as data_lib
 from fedasr import features as feats_lib
-from fedasr import metrics, results
+from fedasr import decoding, metrics, results
 from fedasr.model import ASRModel, ModelConfig, build_model, count_parameters, model_config
+from fedasr.ports import free_port
 from fedasr.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, build_tokenizer, load_tokenizer
 
 __all__ = ["TrainConfig", "SeedConfig", "train_seed", "evaluate", "featurize", "save_checkpoint",
@@ -136,7 +136,6 @@ def _lr(step: int, tcfg: TrainConfig, progress: float = 0.0) -> float:
     lr = tcfg.peak_lr if tcfg.lr_schedule == "constant" else tcfg.peak_lr * math.sqrt(tcfg.warmup_steps / s)
     left = 1.0 - progress
     if tcfg.cooldown_fraction > 0 and left < tcfg.cooldown_fraction:
-        # warmup-stable-decay style cooldown (Hägele et al. 2024): linear to final_lr_fraction x at the end
         lr *= tcfg.final_lr_fraction + (1.0 - tcfg.final_lr_fraction) * left / tcfg.cooldown_fraction
     return lr
 
@@ -173,7 +172,7 @@ def evaluate(model: ASRModel, tokenizer: Tokenizer, utterances: Sequence[data_li
         xs = [feats[u.id] for u in group]
         x = torch.nn.utils.rnn.pad_sequence(xs, batch_first=True)
         lengths = torch.tensor([t.shape[0] for t in xs])
-        for u, h in zip(group, model.greedy_decode(x, lengths)):
+        for u, h in zip(group, decoding.greedy_decode(model, x, lengths)):
             refs.append(u.text)
             hyps.append(tokenizer.decode(h))
             ids.append(u.id)
@@ -202,9 +201,8 @@ def save_checkpoint(directory: str | Path, model: ASRModel, tokenizer: Tokenizer
     weights = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
     payload = {"model_config": dataclasses.asdict(model.config), "feature_config": dataclasses.asdict(fcfg),
                "state_dict": weights, "state": state or {}}
-    tmp = directory / "model.pt.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, directory / "model.pt")
+    with results.atomic_write(directory / "model.pt") as tmp:
+        torch.save(payload, tmp)
     tokenizer.save(directory / "tokenizer")
     return directory / "model.pt"
 
@@ -229,8 +227,7 @@ def load_checkpoint(directory: str | Path) -> tuple[ASRModel, Tokenizer, feats_l
     """Load what `save_checkpoint` wrote: ``(model, tokenizer, feature_config, training_state)``."""
     directory = Path(directory)
     payload = torch.load(_checkpoint_file(directory), map_location="cpu", weights_only=False)
-    mcfg = payload["model_config"]
-    model = build_model(ModelConfig(**mcfg))
+    model = build_model(ModelConfig(**payload["model_config"]))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
     return model, load_tokenizer(directory / "tokenizer"), feats_lib.FeatureConfig(**payload["feature_config"]), payload["state"]
 
@@ -247,12 +244,6 @@ def seed_fingerprint(cfg: SeedConfig) -> str:
 # training
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, job: dict) -> None:
     """One data-parallel rank: trains until the budget is spent; rank 0 logs and checkpoints."""
     torch.set_num_threads(1)
@@ -265,8 +256,7 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
     model.load_state_dict(job["init_state"])
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.peak_lr, betas=(0.9, tcfg.adam_beta2), eps=1e-9)
     step = 0
-    if job.get("resume_state"):
-        model.load_state_dict(job["resume_model"])
+    if job.get("resume_state"):  # init_state holds the checkpoint's weights then
         opt.load_state_dict(job["resume_state"]["optimizer"])
         step = job["resume_state"]["step"]
     train = job["train"][rank::world]
@@ -279,7 +269,7 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
     dev_feats = featurize(dev, cfg.features) if rank == 0 and tcfg.eval_every_steps else {}
     params = [p for p in model.parameters() if p.requires_grad]
     t0, trained_s = time.time(), job.get("trained_seconds", 0.0)
-    window = {"loss": 0.0, "utts": 0, "tokens": 0, "t": time.time()}
+    window, window_t = Counter(), time.time()  # summed loss, utterances and tokens since the last logged row
     bar = None
     if rank == 0:
         from tqdm.auto import tqdm
@@ -318,13 +308,11 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
         torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
         opt.step()
         step += 1
-        window["loss"] += loss_total
-        window["utts"] += int(n_utts)
-        window["tokens"] += int(tokens)
+        window.update(loss=loss_total, utts=n_utts, tokens=tokens)
         if rank == 0:
             bar.update((step if tcfg.max_steps else int(elapsed)) - bar.n)
             if step % tcfg.log_every_steps == 0 or last:
-                dt = time.time() - window["t"]
+                dt = time.time() - window_t
                 row = {"step": step, "epoch": epoch, "lr": lr, "train_seconds": round(elapsed, 1),
                        "loss_per_utterance": window["loss"] / max(window["utts"], 1),
                        "loss_per_token": window["loss"] / max(window["tokens"], 1),
@@ -335,7 +323,7 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
                     model.train()
                     bar.set_postfix(loss=f"{row['loss_per_token']:.2f}", dev_wer=f"{row['dev_wer']:.3f}")
                 run.log_round(row)
-                window = {"loss": 0.0, "utts": 0, "tokens": 0, "t": time.time()}
+                window, window_t = Counter(), time.time()
             if last or (tcfg.checkpoint_every_steps and step % tcfg.checkpoint_every_steps == 0):
                 save_checkpoint(Path(job["run_dir"]) / "checkpoint", model, tokenizer, cfg.features,
                                 {"step": step, "trained_seconds": elapsed, "optimizer": opt.state_dict(),
@@ -376,10 +364,9 @@ def train_seed(cfg: SeedConfig, out: str | Path = "results/seed", resume: bool =
         resume_state, init_model = state, model
         run = results.RunDir(out)
     else:
-        if out.exists():
-            for name in ("rounds.jsonl", "summary.json"):
-                (out / name).unlink(missing_ok=True)
-            shutil.rmtree(out / "labels", ignore_errors=True)  # hypotheses of a previous seed are stale
+        for name in ("rounds.jsonl", "summary.json"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "labels", ignore_errors=True)  # hypotheses of a previous seed are stale
         run = results.open_run(out, "seed", cfg, resume=True)
         tcfg = cfg.tokenizer or TOKENIZER_PRESETS.get(cfg.preset, TokenizerConfig())
         tokenizer = build_tokenizer(tcfg, [u.text for u in corpus["proxy_train"]])
@@ -393,9 +380,8 @@ def train_seed(cfg: SeedConfig, out: str | Path = "results/seed", resume: bool =
            "train": corpus["proxy_train"], "dev": corpus.get("proxy_dev", []), "run_dir": str(run.path),
            "fingerprint": fingerprint}
     if resume_state:
-        job.update(resume_state=resume_state, resume_model=init_model.state_dict(),
-                   trained_seconds=resume_state["trained_seconds"])
-    port = _free_port()
+        job.update(resume_state=resume_state, trained_seconds=resume_state["trained_seconds"])
+    port = free_port()
     if world == 1:
         _worker(0, 1, port, job)
     else:

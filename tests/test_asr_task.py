@@ -2,11 +2,13 @@
 
 import json
 
+import jiwer
 import pytest
 import torch
 
-from fedasr import asr_task, data
-from fedasr.federated import core
+from fedasr import asr_task, data, decoding
+from fedasr.features import eval_pipeline
+from fedasr.federated.client_update import fedsgd_client_update
 
 
 def _task(fake_corpus, fake_seed, **kw):
@@ -54,10 +56,38 @@ def test_hypothesis_labels_and_a_fedsgd_round(fake_corpus, fake_seed):
     model = task.build_model()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     cid = task.client_ids()[0]
-    upd = core.fedsgd_client_update(model, state, task.client_batches(cid, 2, 0), client_id=cid)
+    upd = fedsgd_client_update(model, state, task.client_batches(cid, 2, 0), client_id=cid)
     assert upd.num_examples == task.num_examples(cid)
     assert all(torch.isfinite(g).all() for g in upd.arrays.values())
     for k, v in model.state_dict().items():  # FedSGD: the client's weights do not move
         assert torch.equal(v, state[k]), k
     ev = task.evaluate(model)
-    assert set(ev) >= {"wer_user", "cer_user"} and ev["wer_user"] >= 0
+    assert task.evaluate(model) == ev  # the second call reuses the cached features: same numbers
+    # each user_test utterance featurized and decoded on its own, scored by jiwer: the task's corpus WER/CER
+    refs, hyps = [], []
+    for u in data.load_corpus(fake_corpus, splits=["user_test"])["user_test"]:
+        x = eval_pipeline(task.fcfg)(torch.from_numpy(data.load_audio(u)))
+        ids = decoding.greedy_decode(model, x[None], torch.tensor([x.shape[0]]))[0]
+        refs.append(u.text)
+        hyps.append(task.tokenizer.decode(ids))
+    assert ev["wer_user"] == pytest.approx(jiwer.wer(refs, hyps))
+    assert ev["cer_user"] == pytest.approx(jiwer.cer(refs, hyps))
+
+
+def test_evaluate_scores_what_the_model_says(fake_corpus, fake_seed):
+    """A CTC head that says "a" on every frame decodes every utterance to "a": the WERs are then known."""
+    task = _task(fake_corpus, fake_seed, labels="truth", eval_splits=["user_test", "proxy_test"])
+    model = task.build_model()
+    (a,) = task.tokenizer.encode("a")
+    with torch.no_grad():
+        model.ctc_head.weight.zero_()
+        model.ctc_head.bias.fill_(-10.0)
+        model.ctc_head.bias[a] = 10.0
+    ev = task.evaluate(model)
+    corpus = data.load_corpus(fake_corpus, splits=["user_test", "proxy_test"])
+    for split, name in [("user_test", "user"), ("proxy_test", "proxy")]:
+        refs = [u.text for u in corpus[split]]
+        assert ev[f"wer_{name}"] == pytest.approx(jiwer.wer(refs, ["a"] * len(refs)))
+        assert ev[f"cer_{name}"] == pytest.approx(jiwer.cer(refs, ["a"] * len(refs)))
+    terms = [u.text for u in corpus["user_test"] if u.terms]
+    assert terms and ev["wer_new_terms"] == pytest.approx(jiwer.wer(terms, ["a"] * len(terms)))

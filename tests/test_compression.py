@@ -122,14 +122,20 @@ def test_zlib_is_lossless_and_counted_after_coding():
                                  CodecConfig("int8", symmetric=True, lossless="zlib")],
                          ids=["none", "bf16", "int4_sr_per_channel", "int8_symmetric_zlib"])
 def test_wire_format_round_trip_and_byte_count(cfg):
-    from fedasr.federated.core import payload_bytes as core_bytes
+    from fedasr.federated.transport import payload_bytes as wire_bytes
 
     payload = C.compress(_state(), cfg, torch.Generator().manual_seed(0))
     arrays, meta = C.to_arrays(payload)
-    assert sum(a.nbytes for a in arrays.values()) == C.payload_bytes(payload) == core_bytes(arrays)
+    assert sum(a.nbytes for a in arrays.values()) == C.payload_bytes(payload) == wire_bytes(arrays)
     back = C.decompress(C.from_arrays(arrays, meta))
     for k, v in C.decompress(payload).items():
         assert torch.equal(back[k], v)
+
+
+def test_codec_names_and_their_literal_type_agree():
+    import typing
+
+    assert tuple(C.CODECS) == typing.get_args(C.CodecName)  # config validation lists exactly the registry
 
 
 def test_unknown_codec_is_rejected():

@@ -12,10 +12,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedasr import corpus
-from fedasr.corpus import PROFILES, Channel, CorpusError, Job, apply_channel, build_corpus, build_plan
+from fedasr import corpus, corpus_audio
+from fedasr.corpus import (
+    PROFILES,
+    CorpusError,
+    Job,
+    build_corpus,
+    build_plan,
+)
+from fedasr.corpus_audio import Channel, apply_channel
 from fedasr.corpus_text import USER_INTENTS, load_text_bank, make_client_text
-from fedasr.data import SAMPLE_RATE, SPLITS, is_normalized, load_audio, load_corpus, read_manifest
+from fedasr.data import (
+    SAMPLE_RATE,
+    SPLITS,
+    is_normalized,
+    load_audio,
+    load_corpus,
+    read_manifest,
+)
 
 USER_SPLITS = ("user_train", "user_heldout", "user_test")
 PROXY_SPLITS = ("proxy_train", "proxy_dev", "proxy_test")
@@ -249,12 +263,12 @@ def test_train_extra_variants_add_server_voices_to_training_only():
     import dataclasses
 
     base = dataclasses.replace(PROFILES["tiny"], proxy_train=400)
-    more = dataclasses.replace(base, train_extra_variants=corpus.MORE_SERVER_VARIANTS)
+    more = dataclasses.replace(base, train_extra_variants=corpus_audio.MORE_SERVER_VARIANTS)
     a, b = build_plan(base, 0), build_plan(more, 0)
     variants = [{j.voice.split("+")[1] for j in p.jobs["proxy_train"] if "+" in j.voice} for p in (a, b)]
-    assert not variants[0] & set(corpus.MORE_SERVER_VARIANTS)
-    assert len(variants[1] & set(corpus.MORE_SERVER_VARIANTS)) >= 5
-    assert set(corpus.MORE_SERVER_VARIANTS).isdisjoint(corpus.USER_VARIANTS + corpus.SERVER_VARIANTS)
+    assert not variants[0] & set(corpus_audio.MORE_SERVER_VARIANTS)
+    assert len(variants[1] & set(corpus_audio.MORE_SERVER_VARIANTS)) >= 5
+    assert set(corpus_audio.MORE_SERVER_VARIANTS).isdisjoint(corpus_audio.USER_VARIANTS + corpus_audio.SERVER_VARIANTS)
     assert all(a.jobs[s] == b.jobs[s] for s in a.jobs if s != "proxy_train") and a.clients == b.clients
     record = json.loads(json.dumps(dataclasses.asdict(more)))
     assert corpus.Profile.from_record(record) == more
@@ -277,7 +291,7 @@ def test_client_names_reject_server_words():
 
 @needs_debian
 def test_asterisk_prompts_are_normalised_multi_word():
-    prompts, missing = corpus.asterisk_prompts()
+    prompts, missing = corpus_audio.asterisk_prompts()
     assert len(prompts) >= 270 and missing == 0
     assert all(len(t.split()) > 2 and is_normalized(t) and Path(w).exists() for _, t, w in prompts)
     keys = {k for k, _, _ in prompts}
@@ -285,7 +299,7 @@ def test_asterisk_prompts_are_normalised_multi_word():
 
 
 @needs_debian
-@pytest.mark.parametrize("accent", sorted(set(corpus.SERVER_ACCENTS) | set(corpus.USER_ACCENTS)))
+@pytest.mark.parametrize("accent", sorted(set(corpus_audio.SERVER_ACCENTS) | set(corpus_audio.USER_ACCENTS)))
 def test_espeak_variants_exist(accent, tmp_path):
     """espeak-ng silently falls back to the bare accent for an unknown variant: every variant must change the audio."""
     def render(voice):
@@ -293,8 +307,8 @@ def test_espeak_variants_exist(accent, tmp_path):
         subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), "--", "hello there"], check=True)
         return hashlib.sha256(wav.read_bytes()).hexdigest()
 
-    variants = corpus.SERVER_VARIANTS + corpus.MORE_SERVER_VARIANTS + \
-        (corpus.USER_VARIANTS if accent in corpus.USER_ACCENTS else ())
+    variants = corpus_audio.SERVER_VARIANTS + corpus_audio.MORE_SERVER_VARIANTS + \
+        (corpus_audio.USER_VARIANTS if accent in corpus_audio.USER_ACCENTS else ())
     digests = [render(accent)] + [render(f"{accent}+{v}") for v in variants]
     assert len(set(digests)) == len(digests)
 
@@ -326,15 +340,15 @@ def test_missing_engine_stops_before_synthesis(monkeypatch, tmp_path):
 
 @needs_debian
 def test_tts_failure_names_the_utterance(tmp_path):
-    corpus._init_worker(str(tmp_path), str(tmp_path), {})
+    corpus_audio.init_worker(str(tmp_path), str(tmp_path), {})
     (tmp_path / "audio" / "proxy_train").mkdir(parents=True)
     job = Job("proxy_train_000007", "proxy_train", "call emma", "espeak", "zzz-not-a-voice", 50, 160, None, 1, "x")
     with pytest.raises(CorpusError, match="proxy_train_000007.*espeak:zzz-not-a-voice"):
-        corpus._render(job, None)
+        corpus_audio._render(job, None)
 
 
 def test_text_is_passed_verbatim_to_the_engine(quick_plan, tmp_path):
     for job in quick_plan.jobs["proxy_train"][:50]:
         if job.engine in ("espeak", "flite"):
-            cmd = corpus._tts_command(job, tmp_path / "x.wav")
+            cmd = corpus_audio._tts_command(job, tmp_path / "x.wav")
             assert job.text in cmd and (job.engine != "espeak" or cmd[-2:] == ["--", job.text])

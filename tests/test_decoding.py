@@ -7,6 +7,7 @@ from fedasr.data import Batch
 from fedasr.decoding import (
     _BlankLastAdapter,
     ctc_greedy_decode,
+    greedy_decode,
     rnnt_beam_search,
     rnnt_greedy_decode,
     transcribe,
@@ -101,7 +102,7 @@ def overfit_rnnt():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 20 == 19 and model.greedy_decode(batch.features, batch.feature_lengths) == ids:
+        if step % 20 == 19 and greedy_decode(model, batch.features, batch.feature_lengths) == ids:
             break
     assert loss.item() < 0.1 * first
     return model, batch, tok, ids
@@ -109,7 +110,7 @@ def overfit_rnnt():
 
 def test_rnnt_greedy_reproduces_overfit_transcripts(overfit_rnnt):
     model, batch, tok, ids = overfit_rnnt
-    assert model.greedy_decode(batch.features, batch.feature_lengths) == ids
+    assert greedy_decode(model, batch.features, batch.feature_lengths) == ids
     assert transcribe(model, batch, tok) == list(TEXTS)
 
 
@@ -122,6 +123,13 @@ def test_rnnt_beam_search_reproduces_overfit_transcripts(overfit_rnnt):
     # each utterance decoded alone (no padding) gives the same answer
     alone = rnnt_beam_search(model, batch.features[1:, :52], batch.feature_lengths[1:], beam_width=2)
     assert alone == ids[1:]
+
+
+def test_utterances_without_encoder_frames_decode_to_nothing(overfit_rnnt):
+    model, batch, tok, ids = overfit_rnnt
+    lengths = torch.tensor([60, 6])  # 6 input frames: no frame left after the 4x subsampling (7 give 1)
+    assert greedy_decode(model, batch.features, lengths) == [ids[0], []]
+    assert rnnt_beam_search(model, batch.features, lengths, beam_width=2) == [ids[0], []]
 
 
 def test_beam_search_needs_rnnt():

@@ -11,15 +11,40 @@ from fedasr.config import ConfigError
 def test_variant_config_merges_and_validates(tmp_path):
     exp = experiments.FederatedExperiment(variants={"a": {"fed": {"strategy": "fedavg", "client-lr": 0.1}},
                                                     "b": {"task": {"labels": "truth"}}})
-    a = experiments._variant_config(exp, "a")
+    a = experiments.variant_config(exp, "a")
     assert a.fed.strategy == "fedavg" and a.fed.client_lr == 0.1 and a.task.name == "asr"
     assert a.run.run_id == "a" and a.task.params["labels"] == "hypotheses"
-    assert experiments._variant_config(exp, "b").task.params["labels"] == "truth"
-    bad = experiments.FederatedExperiment(variants={"x": {"fed": {"stratgy": "fedavg"}}})
+    assert experiments.variant_config(exp, "b").task.params["labels"] == "truth"
+    # a bad variant fails when the experiment is built (before any run), naming the key
     with pytest.raises(ConfigError, match="variants.x.fed.stratgy"):
-        experiments._variant_config(bad, "x")
-    with pytest.raises(ConfigError, match="weighting"):
-        experiments._variant_config(experiments.FederatedExperiment(variants={"x": {"fed": {"weighting": "idf"}}}), "x")
+        experiments.FederatedExperiment(variants={"x": {"fed": {"stratgy": "fedavg"}}})
+    with pytest.raises(ConfigError, match=r"weighting: 'idf' is not an accepted value; accepted values: \['examples'"):
+        experiments.FederatedExperiment(variants={"x": {"fed": {"weighting": "idf"}}})
+
+
+def test_variant_tables_merge_key_by_key_over_the_shared_ones():
+    exp = experiments.FederatedExperiment(fed=config.from_dict(experiments.FedConfig, {
+        "omc": {"bits": 4, "transform": "per_channel"}, "transport": {"upload": {"name": "int8_sr"}}}),
+        variants={"v": {"fed": {"omc": {"bits": 8}, "transport": {"upload": {"lossless": "zlib"}}}}})
+    fed = experiments.variant_config(exp, "v").fed
+    assert (fed.omc.bits, fed.omc.transform) == (8, "per_channel")  # the shared transform survives
+    assert (fed.transport.upload.name, fed.transport.upload.lossless) == ("int8_sr", "zlib")
+    assert fed.transport.upload.symmetric  # FedConfig's default for uploads, not CodecConfig's
+
+
+@pytest.mark.parametrize("toml,message", [
+    ('[fed]\nomc-bits = 4\n', r"exp.toml: config key 'fed.omc-bits' was renamed: use 'fed.omc.bits' instead"),
+    ('[variants.v]\nfed = { upload-codec = "int8" }\n',
+     r"exp.toml: config key 'variants.v.fed.upload-codec' was renamed: use 'variants.v.fed.transport.upload.name'"),
+    ('[fed.partial]\npolicy = "largest"\n', r"exp.toml: fed.partial.policy: 'largest' is not an accepted value; "
+                                              r"accepted values: \['all', 'top_k', 'random', 'budget'\]"),
+    ('[fed]\nnum-round = 3\n', r"exp.toml: unknown config key 'fed.num-round'. Did you mean \['num-rounds'\]"),
+])
+def test_retired_unknown_and_bad_keys_fail_naming_the_file_key_and_accepted_values(tmp_path, toml, message):
+    path = tmp_path / "exp.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        config.load(experiments.FederatedExperiment, path)
 
 
 def test_quality_experiment_rejects_unknown_variant_keys():

@@ -12,10 +12,10 @@ from fedasr.features import (
     LogMel,
     SpecAugment,
     bucket_by_duration,
+    collate,
     compute_stats,
     eval_pipeline,
     make_batch,
-    train_pipeline,
 )
 from fedasr.tokenizer import CharTokenizer
 
@@ -80,13 +80,18 @@ def test_specaugment_train_only_and_bounded():
     assert torch.equal(SpecAugment(FeatureConfig()).train()(x), x)  # default: off
 
 
-def test_pipelines():
+def test_front_end_is_deterministic_and_training_augments_in_collate():
     cfg = FeatureConfig(time_masks=2)
     wav = torch.from_numpy(tone(0.5))
     ev = eval_pipeline(cfg)
-    assert torch.equal(ev(wav), ev(wav))
+    feats = {"u": ev(wav)}
+    assert torch.equal(ev(wav), feats["u"])
+    plain = collate([utt("u", 0.5)], feats, CharTokenizer())
+    assert torch.equal(plain.features[0], feats["u"])
     torch.manual_seed(0)
-    assert not torch.equal(train_pipeline(cfg)(wav), ev(wav))
+    augmented = collate([utt("u", 0.5)], feats, CharTokenizer(), augment=SpecAugment(cfg).train())
+    assert not torch.equal(augmented.features[0], feats["u"])  # how `fedasr.train` applies SpecAugment
+    assert torch.equal(feats["u"], ev(wav))  # the cached features are not masked in place
 
 
 def test_make_batch_from_audio_files(tmp_path):

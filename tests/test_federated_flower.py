@@ -6,7 +6,6 @@ to inject faults Flower would report (errors, lost replies, corrupted payloads).
 the same apps on Flower's Simulation Engine, ``flwr run`` and the Deployment Engine.
 """
 
-import dataclasses
 import json
 import os
 import tomllib
@@ -21,9 +20,12 @@ from flwr.common.config import flatten_dict, parse_config_args
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedasr.federated import core, launch
+from fedasr import config
+from fedasr.federated import checkpoint, launch
+from fedasr.federated import config as fedconfig
+from fedasr.federated import task as task_lib
 from fedasr.federated.client_app import make_client_app
-from fedasr.federated.core import FedConfig, FederatedConfig, RunSpec, TaskSpec
+from fedasr.federated.config import FedConfig, FederatedConfig, RunSpec, TaskSpec
 from fedasr.federated.server_app import checkpoint_path, run_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +85,7 @@ class InProcessGrid(Grid):
 def _cfg(tmp_path, run_id="r", **fed):
     params = fed.pop("params", {})
     fed = {"num_rounds": 2, "clients_per_round": 4, **fed}
-    return FederatedConfig(fed=FedConfig(**fed), task=TaskSpec("toy", {"num-clients": 12, **params}),
+    return FederatedConfig(fed=config.from_dict(FedConfig, fed, prefix="fed"), task=TaskSpec("toy", {"num-clients": 12, **params}),
                            run=RunSpec(experiment="t", run_id=run_id, results_root=str(tmp_path)))
 
 
@@ -93,7 +95,7 @@ def _run(cfg, **grid_kw):
 
 
 def _final_weights(run):
-    return core.load_checkpoint(checkpoint_path(run.path))["weights"]
+    return checkpoint.load_checkpoint(checkpoint_path(run.path))["weights"]
 
 
 def test_faulty_clients_are_excluded_and_counted(tmp_path):
@@ -130,7 +132,7 @@ def test_too_few_successes_skips_the_round_with_a_reason(tmp_path):
     rounds = {r["round"]: r for r in run.rounds()}
     assert rounds[1]["status"] == rounds[2]["status"] == "skipped"
     assert "0 successful client(s) < min-successful-clients 1" in rounds[1]["skip_reason"]
-    initial = core.make_task(cfg.task).build_model().state_dict()
+    initial = task_lib.make_task(cfg.task).build_model().state_dict()
     for k, v in _final_weights(run).items():
         assert torch.equal(v, initial[k])  # a skipped round leaves the global model unchanged
     assert run.summary()["rounds_skipped"] == 2 and run.summary()["rounds_completed"] == 0
@@ -156,7 +158,7 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, fed):
     # ...and the server optimizer state mattered: restarting it from scratch gives other weights
     fresh = _cfg(tmp_path, "fresh", num_rounds=2, clients_per_round=3, **fed)
     _run(fresh)
-    ck = core.load_checkpoint(checkpoint_path(Path(tmp_path) / "t" / "fresh"))
+    ck = checkpoint.load_checkpoint(checkpoint_path(Path(tmp_path) / "t" / "fresh"))
     assert not torch.equal(ck["weights"]["net.0.weight"], a["net.0.weight"])
 
 
@@ -165,7 +167,7 @@ def test_run_records_and_bytes(tmp_path):
     assert {p.name for p in run.path.iterdir()} >= {"config.json", "rounds.jsonl", "summary.json", "checkpoints"}
     rows = {r["round"]: r for r in run.rounds()}
     assert set(rows) == {0, 1, 2} and "eval" in rows[0] and "eval" not in rows[1] and "eval" in rows[2]
-    model = core.make_task(_cfg(tmp_path).task).build_model()
+    model = task_lib.make_task(_cfg(tmp_path).task).build_model()
     full = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     assert rows[1]["bytes_down"] == 3 * full and rows[1]["bytes_up"] == 3 * trainable
@@ -188,16 +190,18 @@ def test_pyproject_run_config_matches_the_dataclass_defaults():
     app = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert app["components"] == {"serverapp": "fedasr.federated.server_app:app",
                                  "clientapp": "fedasr.federated.client_app:app"}
-    assert core.config_from_run_config(flatten_dict(app["config"])) == FederatedConfig()
-    # every fed.* knob is listed, so `flwr run --run-config` overrides of any of them are known keys
-    assert set(app["config"]["fed"]) == {f.name.replace("_", "-") for f in dataclasses.fields(core.FedConfig)}
+    assert fedconfig.config_from_run_config(flatten_dict(app["config"])) == FederatedConfig()
+    # every fed.* knob is listed (nested tables too), so `flwr run --run-config` overrides of any are known keys
+    listed = set(flatten_dict({"fed": app["config"]["fed"]}))
+    assert listed == set(fedconfig.fed_to_flat(fedconfig.FedConfig()))
+    assert {"fed.omc.bits", "fed.transport.upload.name", "fed.partial.policy"} <= listed
 
 
 def test_run_config_args_round_trip_through_flowers_parser(tmp_path):
     cfg = _cfg(tmp_path, strategy="fedavg", server_eps=1e-3, params={"faults": {"toy0001": "sleep:0.5"}})
     cfg.run.results_root = "/some dir/with spaces"
     flat = parse_config_args([run_config_args_value(cfg)])
-    assert core.config_from_run_config(flat) == cfg
+    assert fedconfig.config_from_run_config(flat) == cfg
 
 
 def run_config_args_value(cfg):

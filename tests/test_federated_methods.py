@@ -1,19 +1,26 @@
 """Client- and server-side methods in the real Flower path: OMC, the budget policy, Mixed FL.
 
-``fed.omc-bits``: the server sends the global weights in the clients' OMC storage format, the ClientApp
+``fed.omc``: the server sends the global weights in the clients' OMC storage format, the ClientApp
 adopts the codes as its weights (`omc.load_payload`) and computes its update on the dequantized-on-use
-model; ``fed.partial-policy = "budget"``: each client picks its trainable set from its own round shape
+model; ``fed.partial.policy = "budget"``: each client picks its trainable set from its own round shape
 and memory budget; ``fed.central-mix``: the server mixes an update on its own proxy data into the step.
 """
+
+import dataclasses
 
 import pytest
 import torch
 
-from fedasr import asr_task, compression, omc
-from fedasr.federated import client_app, core
-from fedasr.federated.core import FedConfig
-from fedasr.federated.strategies import DOWNLOAD_META
+from fedasr import asr_task, compression, config, omc
+from fedasr.federated import aggregation, client_app
+from fedasr.federated import client_update as cu
+from fedasr.federated import config as fedconfig
+from fedasr.federated import task as task_lib
+from fedasr.federated.config import FedConfig
 from fedasr.federated.toy import ToyConfig, ToyTask
+from fedasr.federated.transport import DOWNLOAD_META
+from fedasr.omc import OMCConfig
+from fedasr.partial import PartialConfig
 from tests.test_federated_transport import _cfg, _rows, _run, _sent_bytes, _weights
 
 
@@ -26,11 +33,11 @@ def _fresh_runtimes():
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_omc_fedsgd_sends_codes_and_clients_train_on_the_dequantized_weights(tmp_path, bits):
-    cfg = _cfg(tmp_path, num_rounds=2, omc_bits=bits, server_optimizer="adam", server_lr=1e-2)
+    cfg = _cfg(tmp_path, num_rounds=2, omc={"bits": bits}, server_optimizer="adam", server_lr=1e-2)
     run, rec = _run(cfg)
     rows = _rows(run)
     assert [rows[r]["status"] for r in (1, 2)] == ["ok", "ok"]
-    task = core.make_task(cfg.task)
+    task = task_lib.make_task(cfg.task)
     plain = task.build_model()
     fp32 = sum(v.numel() * v.element_size() for v in plain.state_dict().values())
     for rnd in (1, 2):
@@ -47,9 +54,9 @@ def test_omc_fedsgd_sends_codes_and_clients_train_on_the_dequantized_weights(tmp
     payload = compression.from_arrays({k: v.numpy() for k, v in msg.content["arrays"].items()},
                                       str(conf[DOWNLOAD_META]))
     assert {e.bits for k, e in payload.items() if e.scale is not None} == {bits}
-    fed = core.fed_from_flat(conf)
-    ref = core.client_update(task, plain, str(conf["client-id"]), compression.decompress(payload),
-                             FedConfig(**{**fed.__dict__, "omc_bits": 0}), int(conf["client-seed"]), 1)
+    fed = fedconfig.fed_from_flat(conf)
+    ref = cu.client_update(task, plain, str(conf["client-id"]), compression.decompress(payload),
+                             dataclasses.replace(fed, omc=OMCConfig(bits=0)), int(conf["client-seed"]), 1)
     got = reply.content["arrays"].to_torch_state_dict()
     assert set(got) == set(ref.arrays)
     for k in got:
@@ -59,10 +66,10 @@ def test_omc_fedsgd_sends_codes_and_clients_train_on_the_dequantized_weights(tmp
 
 def test_omc_fedavg_requantizes_local_sgd_steps(tmp_path):
     cfg = _cfg(tmp_path, num_rounds=2, strategy="fedavg", client_optimizer="sgd", client_lr=0.1, local_epochs=2,
-               omc_bits=8, omc_rounding="stochastic")
+               omc={"bits": 8, "rounding": "stochastic"})
     run, rec = _run(cfg)
     assert all(r["status"] == "ok" for r in run.rounds())
-    init = core.make_task(cfg.task).build_model().state_dict()
+    init = task_lib.make_task(cfg.task).build_model().state_dict()
     final = _weights(run)
     assert not torch.equal(final["net.0.weight"], init["net.0.weight"])
     # a delta is a difference of two points of the 8-bit grid plus fp32 vectors: finite, and nonzero
@@ -70,24 +77,24 @@ def test_omc_fedavg_requantizes_local_sgd_steps(tmp_path):
     assert all(torch.isfinite(d).all() for d in deltas.values()) and deltas["net.0.weight"].abs().sum() > 0
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"omc_bits": 3}, "omc-bits"),
-    ({"omc_bits": 8, "download_codec": "fp16"}, "download-codec must be 'none'"),
-    ({"omc_bits": 8, "strategy": "fedavg", "client_optimizer": "adam"}, "client-optimizer must be 'sgd'"),
-    ({"omc_bits": 8, "omc_transform": "per_tensor"}, "omc-transform"),
-    ({"omc_transform": "per_tensor"}, "omc-transform"),  # checked even while OMC is off
-    ({"omc_bits": 8, "omc_rounding": "up"}, "omc-rounding"),
-    ({"omc_fp32_fraction": 1.5}, "omc-fp32-fraction"),
-    ({"central_mix": 1.5}, "central-mix"),
-    ({"partial_policy": "budget", "partial_budget_mib": -1}, "partial-budget-mib"),
+@pytest.mark.parametrize("table,match", [
+    ({"omc": {"bits": 3}}, r"fed.omc.bits: 3 .* accepted values: \[0, 2, 4, 8, 16\]"),
+    ({"omc": {"bits": 8}, "transport": {"download": {"name": "fp16"}}}, "transport.download.name must be 'none'"),
+    ({"omc": {"bits": 8}, "strategy": "fedavg", "client-optimizer": "adam"}, "client-optimizer must be 'sgd'"),
+    ({"omc": {"bits": 8, "transform": "per_tensor"}}, "fed.omc.transform: 'per_tensor'"),
+    ({"omc": {"transform": "per_tensor"}}, "fed.omc.transform"),  # checked even while OMC is off
+    ({"omc": {"bits": 8, "rounding": "up"}}, "fed.omc.rounding"),
+    ({"omc": {"fp32-fraction": 1.5}}, "fp32_fraction must be in"),
+    ({"central-mix": 1.5}, "central-mix"),
+    ({"partial": {"policy": "budget", "budget-mib": -1}}, "budget_mib must be >= 0"),
 ])
-def test_bad_omc_and_budget_settings_are_named(kw, match):
-    with pytest.raises(ValueError, match=match):
-        FedConfig(**kw)
+def test_bad_omc_and_budget_settings_are_named(table, match):
+    with pytest.raises(config.ConfigError, match=match):
+        config.from_dict(FedConfig, table, prefix="fed")
 
 
 def test_budget_policy_without_round_shape_declines_with_the_reason(tmp_path):
-    cfg = _cfg(tmp_path, num_rounds=1, partial_policy="budget", partial_budget_mib=64)
+    cfg = _cfg(tmp_path, num_rounds=1, partial={"policy": "budget", "budget_mib": 64})
     run, _ = _run(cfg)
     r1 = _rows(run)[1]
     assert r1["status"] == "skipped" and r1["num_failed"] == 3
@@ -112,32 +119,45 @@ def test_budget_policy_on_the_device_fits_the_budget_and_shrinks_with_it(fake_co
     assert head_only < full
     sizes = {}
     for budget in (full * 2, (full + head_only) / 2, head_only * 1.0001):
-        fed = FedConfig(partial_policy="budget", partial_budget_mib=budget / 2**20, micro_batch=2)
-        names, metrics = core.partial_selection(model, fed, 1, cid, task)
+        fed = FedConfig(partial=PartialConfig(policy="budget", budget_mib=budget / 2**20), micro_batch=2)
+        names, metrics = cu.partial_selection(model, fed, 1, cid, task)
         assert metrics["estimate-bytes"] <= metrics["budget-bytes"]
         sizes[budget] = sum(p.numel() for n, p in model.named_parameters() if n in names)
     a, b, c = sizes.values()
     assert a >= b >= c and a > c  # a smaller budget never trains more
     # the device tier's budget when no explicit one is set (the tiny model fits every tier)
-    names, metrics = core.partial_selection(model, FedConfig(partial_policy="budget", micro_batch=2), 1, cid, task)
+    names, metrics = cu.partial_selection(model, FedConfig(partial=PartialConfig(policy="budget"), micro_batch=2), 1, cid,
+                                         task)
     assert metrics["budget-bytes"] == task.memory_budget_bytes(cid) and len(names) == len(list(model.parameters()))
     with pytest.raises(ValueError, match="nothing trainable fits"):
-        core.partial_selection(model, FedConfig(partial_policy="budget", partial_budget_mib=head_only / 2**21,
-                                                micro_batch=2), 1, cid, task)
+        cu.partial_selection(model, FedConfig(partial=PartialConfig(policy="budget", budget_mib=head_only / 2**21),
+                                              micro_batch=2), 1, cid, task)
 
 
 def test_asr_client_update_with_omc_and_budget(fake_corpus, fake_seed):
-    """OMC and the budget policy compose in one ASR client update: only the chosen set travels, finite."""
+    """OMC and the budget policy compose in one ASR client update: a budget between the head-only and the
+    full round's analytic peak trains a strict subset, and exactly that subset travels, finite."""
+    from fedasr import memory, partial
+
     task = _asr_task(fake_corpus, fake_seed)
     model = task.build_model()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    fed = FedConfig(omc_bits=8, partial_policy="budget", micro_batch=2, partial_budget_mib=1e6)
-    omc.apply_omc(model, fed.omc_config())
     cid = task.client_ids()[0]
-    up = core.client_update(task, model, cid, state, fed, client_seed=3, server_round=1)
+    shape = dataclasses.replace(task.round_shape(cid, 2), optimizer="none", delta_copy=False)  # FedSGD's round
+    everything = [n for n, _ in model.named_parameters()]
+    omc_cfg = OMCConfig(bits=8)
+    omc.apply_omc(model, omc_cfg)
+    full = memory.estimate(model, shape, trainable=everything)["peak"]
+    head_only = memory.estimate(model, shape, trainable=partial.top_k_names(model, 0))["peak"]
+    budget_mib = (full + head_only) / 2 / 2**20
+    fed = FedConfig(omc=omc_cfg, partial=PartialConfig(policy="budget", budget_mib=budget_mib), micro_batch=2)
+    up = cu.client_update(task, model, cid, state, fed, client_seed=3, server_round=1)
+    assert up.metrics["budget-bytes"] == int(budget_mib * 2**20)
     assert up.metrics["estimate-bytes"] <= up.metrics["budget-bytes"]
-    assert all(torch.isfinite(v).all() for v in up.arrays.values())
-    assert all(not torch.isnan(v).any() for v in up.arrays.values())  # never the NaN anchors
+    expected, _ = cu.partial_selection(model, fed, 1, cid, task)
+    assert set(up.arrays) == set(expected) and 0 < len(expected) < len(everything)  # a strict subset travels
+    assert up.metrics["trained-params"] == sum(p.numel() for n, p in model.named_parameters() if n in expected)
+    assert all(torch.isfinite(v).all() for v in up.arrays.values())  # never the NaN anchors
 
 
 # --- Mixed FL: the server's own proxy-data update mixed into the step (fed.central-mix) ---------------------
@@ -146,12 +166,12 @@ def test_asr_client_update_with_omc_and_budget(fake_corpus, fake_seed):
 def test_mix_central_is_the_convex_combination_on_the_clients_variables():
     agg = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([4.0])}
     central = {"a": torch.tensor([3.0, -2.0]), "b": torch.tensor([0.0]), "c": torch.tensor([9.0])}
-    out = core.mix_central(agg, central, 0.25)
+    out = aggregation.mix_central(agg, central, 0.25)
     assert set(out) == {"a", "b"}  # variables no client trained are not touched
     torch.testing.assert_close(out["a"], torch.tensor([1.5, 1.0]))
     torch.testing.assert_close(out["b"], torch.tensor([3.0]))
     with pytest.raises(ValueError, match="lacks 'b'"):
-        core.mix_central(agg, {"a": central["a"]}, 0.5)
+        aggregation.mix_central(agg, {"a": central["a"]}, 0.5)
 
 
 class CentralToyTask(ToyTask):
@@ -174,7 +194,7 @@ def test_central_only_control_steps_on_the_server_gradient(tmp_path):
     task = central_toy_task()
     model = task.build_model()
     w0 = {k: v.clone() for k, v in model.state_dict().items()}
-    g = core.fedsgd_client_update(model, w0, task.central_batches(cfg.fed.micro_batch, 0, 64), "central").arrays
+    g = cu.fedsgd_client_update(model, w0, task.central_batches(cfg.fed.micro_batch, 0, 64), "central").arrays
     final = _weights(run)
     for k in g:
         torch.testing.assert_close(final[k], w0[k] - 0.5 * g[k], rtol=1e-5, atol=1e-6)

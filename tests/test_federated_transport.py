@@ -1,4 +1,4 @@
-"""Transport compression and partial model training in the real Flower path (fed.*-codec, fed.partial-*).
+"""Transport compression and partial model training in the real Flower path (fed.transport, fed.partial).
 
 The rounds run the real ServerApp loop and ClientApp handlers through the in-process grid of
 `test_federated_flower`; ``tamper`` hooks see every message and reply as it travels, so the tests check
@@ -11,19 +11,23 @@ import pytest
 import torch
 from torch import nn
 
-from fedasr import compression
-from fedasr.federated import core
+from fedasr import compression, config
+from fedasr.federated import checkpoint, transport
+from fedasr.federated import client_update as cu
+from fedasr.federated import task as task_lib
 from fedasr.federated.client_app import make_client_app
-from fedasr.federated.core import FedConfig, FederatedConfig, RunSpec, TaskSpec
+from fedasr.federated.config import FedConfig, FederatedConfig, RunSpec, TaskSpec
 from fedasr.federated.server_app import checkpoint_path, run_server
-from fedasr.federated.strategies import DOWNLOAD_META, TRANSPORT, UPLOAD_META
 from fedasr.federated.toy import ToyConfig, ToyTask
+from fedasr.federated.transport import DOWNLOAD_META, TRANSPORT, UPLOAD_META
+from fedasr.partial import PartialConfig
 from tests.test_federated_flower import InProcessGrid
 
 
 def _cfg(tmp_path, run_id="r", **fed):
+    """The toy run's config; ``fed`` holds [fed] keys, nested tables as dicts (``omc={"bits": 8}``)."""
     fed = {"num_rounds": 2, "clients_per_round": 3, "eval_every": 0, **fed}
-    return FederatedConfig(fed=FedConfig(**fed), task=TaskSpec("toy", {"num-clients": 8}),
+    return FederatedConfig(fed=config.from_dict(FedConfig, fed, prefix="fed"), task=TaskSpec("toy", {"num-clients": 8}),
                            run=RunSpec(experiment="t", run_id=run_id, results_root=str(tmp_path)))
 
 
@@ -51,7 +55,7 @@ def _rows(run):
 
 
 def _weights(run):
-    return core.load_checkpoint(checkpoint_path(run.path))["weights"]
+    return checkpoint.load_checkpoint(checkpoint_path(run.path))["weights"]
 
 
 def _sent_bytes(record, meta):
@@ -99,7 +103,7 @@ def block_task():
 
 def test_no_codec_keeps_todays_wire_bytes_and_maths(tmp_path):
     run, rec = _run(_cfg(tmp_path))
-    model = core.make_task(_cfg(tmp_path).task).build_model()
+    model = task_lib.make_task(_cfg(tmp_path).task).build_model()
     full = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     rows = _rows(run)
@@ -109,7 +113,8 @@ def test_no_codec_keeps_todays_wire_bytes_and_maths(tmp_path):
         assert set(msg.content["arrays"]) == set(model.state_dict())
         assert set(reply.content["arrays"]) == {n for n, p in model.named_parameters()}
     # explicitly naming the defaults changes nothing, down to the bits
-    explicit = _cfg(tmp_path, "explicit", download_codec="none", upload_codec="none", partial_policy="all")
+    explicit = _cfg(tmp_path, "explicit", transport={"download": {"name": "none"}, "upload": {"name": "none"}},
+                    partial={"policy": "all"})
     run2, _ = _run(explicit)
     a, b = _weights(run), _weights(run2)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -117,7 +122,7 @@ def test_no_codec_keeps_todays_wire_bytes_and_maths(tmp_path):
 
 @pytest.mark.parametrize("down,up,lossless", [("fp16", "int8_sr", "none"), ("int8", "fp16", "zlib")])
 def test_compressed_transport_counts_exact_encoded_bytes(tmp_path, down, up, lossless):
-    cfg = _cfg(tmp_path, download_codec=down, upload_codec=up, upload_lossless=lossless,
+    cfg = _cfg(tmp_path, transport={"download": {"name": down}, "upload": {"name": up, "lossless": lossless}},
                server_optimizer="adam", server_lr=1e-2)
     run, rec = _run(cfg)
     rows = _rows(run)
@@ -126,9 +131,9 @@ def test_compressed_transport_counts_exact_encoded_bytes(tmp_path, down, up, los
         pairs = [(m, r) for m, r in rec.pairs if int(m.content["config"]["server-round"]) == rnd]
         down_bytes = sum(_sent_bytes(m.content["arrays"], str(m.content["config"][DOWNLOAD_META])) for m, _ in pairs)
         up_bytes = sum(_sent_bytes(r.content["arrays"], str(r.content[TRANSPORT][UPLOAD_META])) for _, r in pairs)
-        assert rows[rnd]["bytes_down"] == down_bytes == sum(core.payload_bytes(m.content["arrays"]) for m, _ in pairs)
+        assert rows[rnd]["bytes_down"] == down_bytes == sum(transport.payload_bytes(m.content["arrays"]) for m, _ in pairs)
         assert rows[rnd]["bytes_up"] == up_bytes
-    model = core.make_task(cfg.task).build_model()
+    model = task_lib.make_task(cfg.task).build_model()
     full = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     assert rows[1]["bytes_down"] < 3 * full / 1.9  # fp16 or int8 (+ scales): at most about half of fp32
     assert all(torch.isfinite(v).all() for v in _weights(run).values())
@@ -137,9 +142,9 @@ def test_compressed_transport_counts_exact_encoded_bytes(tmp_path, down, up, los
 
 
 def test_stochastic_upload_is_seeded_per_client(tmp_path):
-    cfg = _cfg(tmp_path, upload_codec="int8_sr")
+    cfg = _cfg(tmp_path, transport={"upload": {"name": "int8_sr"}})
     _, rec1 = _run(cfg)
-    _, rec2 = _run(_cfg(tmp_path, "again", upload_codec="int8_sr"))
+    _, rec2 = _run(_cfg(tmp_path, "again", transport={"upload": {"name": "int8_sr"}}))
     for (_, r1), (_, r2) in zip(rec1.pairs, rec2.pairs):
         a, b = r1.content["arrays"], r2.content["arrays"]
         assert all((a[k].numpy() == b[k].numpy()).all() for k in a)
@@ -154,27 +159,27 @@ def test_encoded_uploads_are_still_validated(tmp_path):
                 arrays[k.replace("net.0.", "net.9.")] = arrays.pop(k)
         return reply
 
-    run, _ = _run(_cfg(tmp_path, num_rounds=1, upload_codec="int8"), alter=rename)
+    run, _ = _run(_cfg(tmp_path, num_rounds=1, transport={"upload": {"name": "int8"}}), alter=rename)
     r1 = _rows(run)[1]
     assert r1["num_failed"] == 3  # every reply of round 1 was renamed
     assert all(v.startswith("unknown-variable:net.9.weight") for v in r1["failed"].values())
     assert r1["status"] == "skipped"
 
 
-def test_codec_names_are_validated():
-    with pytest.raises(ValueError, match="download-codec"):
-        FedConfig(download_codec="fp8")
-    with pytest.raises(ValueError, match="upload-lossless"):
-        FedConfig(upload_lossless="gzip")
-    with pytest.raises(ValueError, match="partial-policy"):
-        FedConfig(partial_policy="largest")
+@pytest.mark.parametrize("table,key", [({"transport": {"download": {"name": "fp8"}}}, "fed.transport.download.name"),
+                                       ({"transport": {"upload": {"lossless": "gzip"}}}, "fed.transport.upload.lossless"),
+                                       ({"partial": {"policy": "largest"}}, "fed.partial.policy")])
+def test_codec_and_policy_names_are_validated_with_the_accepted_values(table, key):
+    with pytest.raises(config.ConfigError, match=rf"{key}: .* accepted values: \[") as e:
+        config.from_dict(FedConfig, table, prefix="fed")
+    assert "'none'" in str(e.value) or "'all'" in str(e.value)
 
 
 # --- partial model training -----------------------------------------------------------------------------
 
 
 def test_partial_top_k_uploads_only_trained_variables_and_freezes_the_rest(tmp_path):
-    cfg = _cfg(tmp_path, partial_policy="top_k", partial_top_k=1, server_optimizer="adam", server_lr=1e-2)
+    cfg = _cfg(tmp_path, partial={"policy": "top_k", "top_k": 1}, server_optimizer="adam", server_lr=1e-2)
     run, rec = _run(cfg, block_task)
     model = block_task().build_model()
     init = {k: v.clone() for k, v in model.state_dict().items()}
@@ -192,8 +197,8 @@ def test_partial_top_k_uploads_only_trained_variables_and_freezes_the_rest(tmp_p
 
 
 def test_partial_random_varies_per_client_and_composes_with_compression(tmp_path):
-    cfg = _cfg(tmp_path, clients_per_round=4, partial_policy="random", partial_fraction=0.3,
-               upload_codec="int8_sr", download_codec="fp16")
+    cfg = _cfg(tmp_path, clients_per_round=4, partial={"policy": "random", "fraction": 0.3},
+               transport={"download": {"name": "fp16"}, "upload": {"name": "int8_sr"}})
     run, rec = _run(cfg, block_task)
     sets = [frozenset(str(k).rsplit("/", 1)[0] for k in r.content["arrays"]) for _, r in rec.pairs]
     all_names = {n for n, _ in block_task().build_model().named_parameters()}
@@ -217,7 +222,7 @@ def test_partial_rejects_wrong_shapes_and_unknown_keys(tmp_path):
             arrays["bogus"] = type(arrays)({"bogus": torch.zeros(1)})["bogus"]
         return reply
 
-    cfg = _cfg(tmp_path, num_rounds=1, partial_policy="top_k", partial_top_k=1)
+    cfg = _cfg(tmp_path, num_rounds=1, partial={"policy": "top_k", "top_k": 1})
     run, _ = _run(cfg, block_task, alter=corrupt)
     r1 = _rows(run)[1]
     assert r1["status"] == "skipped" and r1["num_failed"] == 3
@@ -229,9 +234,9 @@ def test_client_update_restores_requires_grad():
     model = task.build_model()
     model.subsampling.weight.requires_grad_(False)  # the task's own frozen variable stays frozen
     before = {n: p.requires_grad for n, p in model.named_parameters()}
-    fed = FedConfig(partial_policy="random", partial_fraction=1.0)
+    fed = FedConfig(partial=PartialConfig(policy="random", fraction=1.0))
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    update = core.client_update(task, model, task.client_ids()[0], state, fed, client_seed=1, server_round=1)
+    update = cu.client_update(task, model, task.client_ids()[0], state, fed, client_seed=1, server_round=1)
     assert "subsampling.weight" not in update.arrays and "subsampling.bias" in update.arrays
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
     assert all(p.grad is None for p in model.parameters())

@@ -10,6 +10,7 @@ import torch
 from fedasr import omc
 from fedasr.compression import dequantize, quantize
 from fedasr.data import Batch
+from fedasr.decoding import greedy_decode
 from fedasr.memory import cuda_peak
 from fedasr.model import build_model, count_parameters, model_config, rnnt_loss
 
@@ -102,8 +103,8 @@ def test_greedy_decoding_on_cuda_equals_cpu(head):
     m = build_model(cfg).eval()
     b = _batch(cfg.n_mels, cfg.vocab_size, b=3, t=80)
     with torch.no_grad():
-        cpu = m.greedy_decode(b.features, b.feature_lengths)
-        gpu = m.to(CUDA).greedy_decode(b.features.to(CUDA), b.feature_lengths.to(CUDA))
+        cpu = greedy_decode(m, b.features, b.feature_lengths)
+        gpu = greedy_decode(m.to(CUDA), b.features.to(CUDA), b.feature_lengths.to(CUDA))
     assert gpu == cpu
 
 

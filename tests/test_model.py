@@ -1,12 +1,15 @@
 """Tests for fedasr.model: shapes, torchaudio equivalence, presets, checkpointing, losses, bad inputs."""
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import torch
 import torchaudio
 
 from fedasr.data import Batch, DataError
+from fedasr.decoding import greedy_decode
 from fedasr.model import (
     PRESETS,
     ASRModel,
@@ -199,7 +202,7 @@ def test_ctc_overfits_and_greedy_decodes_transcript():
     model = build_model(micro("ctc"))
     batch = make_batch()
     want = [[8, 5, 12, 12, 15, 1], [23, 15, 18, 12, 4]]  # "hello" + "a" has a repeat: needs a blank
-    decode = lambda m: m.greedy_decode(batch.features, batch.feature_lengths) == want
+    decode = lambda m: greedy_decode(m, batch.features, batch.feature_lengths) == want
     losses = _overfit(model, batch, 300, until=decode)
     assert losses[-1] < 0.2 * losses[0]
     assert decode(model)
@@ -280,6 +283,11 @@ def test_bad_inputs_give_clear_errors(head):
         model.loss(nan)
 
 
+def test_model_does_not_import_decoding():
+    code = "import sys, fedasr.model; sys.exit('fedasr.decoding' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # decoding imports model, not back
+
+
 def test_invalid_utterances_can_be_skipped():
     torch.manual_seed(0)
     model = build_model(micro("ctc"))
@@ -294,4 +302,4 @@ def test_invalid_utterances_can_be_skipped():
     loss, info = model.loss(none_ok, on_invalid="skip")
     assert loss.item() == 0 and info["num_utterances"] == 0
     loss.backward()  # a zero that still supports backward
-    assert model.greedy_decode(none_ok.features, none_ok.feature_lengths) == [[]]
+    assert greedy_decode(model, none_ok.features, none_ok.feature_lengths) == [[]]

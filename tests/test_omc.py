@@ -8,7 +8,7 @@ import torch
 from fedasr import omc
 from fedasr.compression import dequantize
 from fedasr.data import Batch
-from fedasr.federated import core
+from fedasr.federated.client_update import fedsgd_client_update
 from fedasr.model import build_model, model_config
 
 
@@ -129,13 +129,13 @@ def test_per_variable_transformation(transform):
     assert distinct == 1 if transform == "global" else distinct > 1
 
 
-def test_core_fedsgd_update_works_unchanged_on_an_omc_model():
+def test_fedsgd_client_update_works_unchanged_on_an_omc_model():
     cfg = _cfg()
     m, ref = _pair(cfg)
     batches = [_batch(cfg, seed=1), _batch(cfg, seed=2)]
     codes = {n: omc._codes(qv).data.clone() for n, qv in m._omc.vars.items()}
-    up = core.fedsgd_client_update(m, omc.resident_state(m), batches)
-    ref_up = core.fedsgd_client_update(ref, ref.state_dict(), batches)
+    up = fedsgd_client_update(m, omc.resident_state(m), batches)
+    ref_up = fedsgd_client_update(ref, ref.state_dict(), batches)
     assert set(up.arrays) == set(ref_up.arrays)
     for n, g in ref_up.arrays.items():
         assert torch.allclose(up.arrays[n], g, rtol=1e-5, atol=1e-6), n

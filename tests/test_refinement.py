@@ -66,15 +66,19 @@ def test_filter_reads_only_what_the_device_has():
 
 
 def test_client_with_nothing_left_declines_cleanly():
+    lines = R.label_store_lines([_rec("a", "call mom", None, "c7"), _rec("b", "call tom", None, "c7"),
+                                 _rec("c", "call mom", "", "c8"), _rec("d", "call mom", "👍", "c8"),
+                                 _rec("e", "x", None, "c8"), _rec("f", "call mom", "call tom", "c9"),
+                                 _rec("g", "x", None, "c9")])
     with pytest.raises(R.ClientDeclined) as e:
-        R.device_training_set([_rec("a", "call mom", None), _rec("b", "call tom", None)], "c7")
+        R.client_round_stats(lines, "c7")
     assert e.value.reason == "no-corrections" and e.value.client_id == "c7" and "c7" in str(e.value)
     with pytest.raises(R.ClientDeclined) as e:
-        R.device_training_set([_rec("a", "call mom", ""), _rec("b", "call mom", "👍"), _rec("c", "x", None)], "c8")
+        R.client_round_stats(lines, "c8")
     assert e.value.reason == "all-filtered" and e.value.counts == {"empty": 1, "non-text": 1, "uncorrected": 1}
     assert isinstance(e.value, ValueError)  # the federated layer's per-client failure path catches it
-    res = R.device_training_set([_rec("a", "call mom", "call tom"), _rec("b", "x", None)], "c9")
-    assert res.kept == {"a": "call tom"}
+    st = R.client_round_stats(lines, "c9")
+    assert (st.utterances, st.corrections, st.kept) == (2, 1, 1)
 
 
 # --- label stores -------------------------------------------------------------------------------------
@@ -154,9 +158,8 @@ def test_clients_train_on_filtered_corrections_only(fake_corpus, fake_seed, tmp_
     for cid in task.client_ids():
         try:
             batches = task.client_batches(cid, micro_batch=4, seed=0)
-        except ValueError:  # nothing usable: the filter also declines this client
-            with pytest.raises(R.ClientDeclined):
-                R.device_training_set([r for r in recs if r["client"] == cid], cid)
+        except R.ClientDeclined as e:  # the client declines only when its filter kept nothing
+            assert e.client_id == cid and not R.filter_corrections([r for r in recs if r["client"] == cid]).kept
             continue
         for b in batches:
             seen.update(zip(b.ids, b.texts))

@@ -9,6 +9,7 @@ import torch
 
 from fedasr import config, data, train
 
+
 def _cfg(corpus, **train_kw):
     kw = dict(max_minutes=5.0, max_steps=4, batch_seconds=3.0, workers=1, log_every_steps=1, eval_every_steps=2,
               eval_max_utterances=4, checkpoint_every_steps=2, warmup_steps=2)

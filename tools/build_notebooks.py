@@ -95,15 +95,13 @@ overrides = {}                                 # e.g. {"fed.num-rounds": 5}
 rerun = True                                   # False: keep finished variant runs, only rebuild rows and plots
 figures = "results/figures\""""),
     ("code", SETUP + """
-from fedasr import config, experiments, plotting
+from IPython.display import Markdown, display
+from fedasr import config, experiments, plotting, tables
 
 exp = config.load(experiments.FederatedExperiment, config_file, overrides)
 print(config.to_dict(exp))"""),
     ("code", """runs = experiments.run_federated_experiment(exp, rerun=rerun)
-rows = experiments.variant_rows(runs)
-for r in rows:
-    print(r["variant"], "rounds", r["rounds"], "initial", r["initial"], "final", r["final"],
-          f"MiB down {r['bytes_down']/2**20:.0f} up {r['bytes_up']/2**20:.0f}", "failed", r["clients_failed"])"""),
+display(Markdown("\\n".join(tables.federated_table(exp.results_root, exp.experiment))))"""),
     ("code", """plotting.federated_curves({n: run.rounds() for n, run in runs.items()},
                           out=f"{figures}/federated_{exp.experiment}.png");"""),
 ]
@@ -121,7 +119,9 @@ Each row below adds one technique and runs exactly one client round of the `pape
 minus the process's baseline after imports) and set beside an analytic breakdown. Bytes are the
 exact encoded payloads. Peaks and times are this CPU's, not a phone's: compare ratios.
 Targets (issue): P1 full-stack peak ÷ plain FedAvg+Adam ≤ 0.20; P2 (down+up) ÷ (2 × fp32 model) ≤ 0.10;
-P3 full-stack step time ÷ plain ≤ 1.3."""),
+P3 full-stack step time ÷ plain ≤ 1.3. The experiment is `fedasr.efficiency` (its command line:
+`bench/efficiency.py`); its `[transport.*]`, `[omc]` and `[partial]` tables are the federated config's
+`fed.transport`, `fed.omc` and `fed.partial`."""),
     ("params", """# Parameters (papermill -p NAME VALUE); paths are relative to the repository root
 config_file = "configs/efficiency/paper.toml"   # preset, utterance set, codecs, OMC bits, budget
 rerun = True                                    # False: only plot the last measured table / runs
@@ -129,52 +129,40 @@ quality_cost_config = "configs/efficiency/quality_cost.toml"   # small-scale WER
 out_dir = "results/efficiency"
 figures = "results/figures\""""),
     ("code", SETUP + """
-import subprocess, sys
-from fedasr import plotting, results
+from pathlib import Path
+from IPython.display import Markdown, display
+from fedasr import config, efficiency, plotting, results, tables
 
-if rerun:  # each row runs in its own fresh process (bench/efficiency.py), a few minutes at 129M
-    subprocess.run([sys.executable, "bench/efficiency.py", "--config", config_file, "--out-dir", out_dir], check=True)
-rows = results.read_json(f"{out_dir}/memory.json")
-summary = results.read_json(f"{out_dir}/summary.json")"""),
-    ("code", """MiB = 2**20
-print(f"{'stack':24s} {'peak MiB':>9s} {'analytic':>9s} {'down MiB':>9s} {'up MiB':>8s} {'step s':>7s}")
-for r in rows:
-    print(f"{r['stack']:24s} {r['peak_rss_bytes']/MiB:9.0f} {r['analytic']['peak']/MiB:9.0f} "
-          f"{r['download_bytes']/MiB:9.1f} {r['upload_bytes']/MiB:8.1f} {r['step_seconds']:7.1f}")
-print({k: round(v, 3) for k, v in summary.items() if k.startswith("P") and isinstance(v, float)}, summary.get("met"))"""),
+cfg = config.load(efficiency.EfficiencyConfig, config_file, {"out-dir": out_dir})
+if rerun:  # each row runs in its own fresh process (fedasr.memory.measure_peak), a few minutes at 129M
+    efficiency.run(cfg, source=config_file)
+rows = results.read_json(f"{out_dir}/memory.json")"""),
+    ("code", """display(Markdown("\\n".join(tables.efficiency_table(Path(out_dir).parent, Path(out_dir).name))))"""),
     ("code", """plotting.efficiency_memory(rows, out=f"{figures}/efficiency_memory.png");"""),
     ("md", """## Quality cost at small scale
 
 The same techniques in real federated training (Flower, FedSGD + server Adam) of the quick seed
 model: transport compression (fp16 down, unbiased int8 up), partial training (top-3 blocks; a
 random half per client and round, PVT-style) and **Online Model Compression inside the client
-update** (`fed.omc-bits`: the download travels in the clients' OMC storage format, 8 or 4 bits per
+update** (`fed.omc.bits`: the download travels in the clients' OMC storage format, 8 or 4 bits per
 weight-matrix value, and the gradient is taken at the dequantized weights) against the uncompressed
 run. The last two rows are candidate stacks for P2. Every row uses the same labels — the reference
 transcripts, an oracle used only to compare the methods with each other."""),
-    ("code", """from fedasr import config, experiments
+    ("code", """from fedasr import experiments
 
 qexp = config.load(experiments.FederatedExperiment, quality_cost_config)
 qruns = experiments.run_federated_experiment(qexp, rerun=rerun)
-for r in experiments.variant_rows(qruns):
-    print(f"{r['variant']:30s} WER user {r['initial']['wer_user']:.3f} -> {r['final']['wer_user']:.3f}  "
-          f"proxy {r['final']['wer_proxy']:.3f}  MiB down {r['bytes_down']/MiB:7.1f} up {r['bytes_up']/MiB:7.1f}")
-qsummary = results.read_json(f"{qexp.results_root}/{qexp.experiment}/summary.json")
-print()
-print(f"relative to {qsummary['relative_to']}: transport = (down+up) bytes ratio of this small model, "
-      f"WER = final user WER change (P2's quality half: <= +3%; P2's bytes are counted at 129M above)")
-for r in qsummary["relative"]:
-    print(f"{r['variant']:30s} transport {r['transport_ratio']:.3f}  WER {100*r['wer_user_rel']:+5.1f}%  within 3%: {r['within_3pct']}")
+# "bytes vs fp32" is the (down+up) ratio of this small model; P2's bytes are counted at 129M above
+display(Markdown("\\n".join(tables.quality_cost_table(qexp.results_root, qexp.experiment))))
 plotting.federated_curves({n: run.rounds() for n, run in qruns.items()},
                           out=f"{figures}/efficiency_quality_cost.png", title="Quality cost");"""),
     ("md", """P2 needs both halves: the 129M stack's bytes (≤ 0.10 of 2 × fp32) and, for the same codecs and
-OMC, a small-scale WER within 3% of the uncompressed run. The table's summary is rebuilt from the
-measured rows above and the quality runs just made (nothing is re-measured)."""),
-    ("code", """subprocess.run([sys.executable, "bench/efficiency.py", "--config", config_file, "--out-dir", out_dir,
-                "--summarize-only"], check=True)
-summary = results.read_json(f"{out_dir}/summary.json")
-print("P2:", json.dumps(summary["P2"], indent=1))
-print("met:", summary["met"])"""),
+OMC, a small-scale WER within 3% of the uncompressed run (`efficiency.check_quality_variant` fails when
+the config's `quality-variant` federates with another OMC or upload codec). The table's summary is rebuilt
+from the measured rows above and the quality runs just made (nothing is re-measured)."""),
+    ("code", """summary = efficiency.resummarize(cfg, source=config_file)
+display(Markdown("\\n".join(tables.efficiency_table(Path(out_dir).parent, Path(out_dir).name))))
+print("P2:", json.dumps(summary["P2"], indent=1))"""),
 ]
 
 NOTEBOOKS["04_user_corrections.ipynb"] = [
@@ -208,22 +196,17 @@ overrides = {}                               # e.g. {"fed.num-rounds": 5}
 rerun = True                                 # False: keep finished variant runs, only rebuild table and plots
 figures = "results/figures\""""),
     ("code", SETUP + """
-from fedasr import config, experiments, plotting, results
+from IPython.display import Markdown, display
+from fedasr import config, experiments, plotting, results, tables
 
 exp = config.load(experiments.QualityExperiment, config_file, overrides)
 print(config.to_dict(exp))"""),
     ("code", """rows = experiments.run_quality_experiment(exp, rerun=rerun)
-print(f"{'variant':15s} {'rounds':>6s} {'user':>7s} {'new terms':>9s} {'proxy':>7s}")
-for r in rows:
-    f = lambda v: f"{100*v:6.1f}%" if v is not None else "   n/a"
-    print(f"{r['variant']:15s} {r['rounds']:6d} {f(r['wer_user'])} {f(r['wer_new_terms']):>9s} {f(r['wer_proxy'])}")"""),
+display(Markdown("\\n".join(tables.quality_table(exp.results_root, exp.experiment))))"""),
     ("code", """plotting.quality_table(rows, out=f"{figures}/quality_wer.png");"""),
     ("code", """summary = results.read_json(f"{exp.results_root}/{exp.experiment}/summary.json")
-print("simulated users:", json.dumps({k: summary["corrections"][k] for k in
-      ("utterances", "clients_with_corrections", "corrected", "wrong_rate", "incorrect_rate") if k in summary["corrections"]}))
-print("filter: share of wrong corrections removed", summary["filter"].get("wrong_removed"),
-      "| of all incorrect labels", summary["filter"].get("incorrect_removed"),
-      "| right corrections kept", summary["filter"].get("correct_kept"))
+c = summary["corrections"]  # the table above says how many were corrected, wrong and filtered
+print(f"simulated users: wrong corrections {c.get('wrong_rate')}, incorrect {c.get('incorrect_rate')}")
 t = summary["targets"]
 print(f"targets ({t['compare'][1]} vs {t['compare'][0]}):",
       {k: f"{100*v:+.1f}% (bound {100*t['bounds'][k]:+.0f}%: {'met' if t['met'][k] else 'not met'})"

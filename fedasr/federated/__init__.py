@@ -1,24 +1,25 @@
 """Federated training of fedasr models on Flower 1.42 (Message API): FedSGD, FedAvg, three ways to run.
 
-* `core` — the maths as plain functions (no Flower): client updates, validation, aggregation,
-  server optimizer, sampling, checkpoints, the `FederatedTask` interface and `FederatedConfig`.
-* `strategies` — Flower strategies (FedSGD, FedAvg + server lr) that sample clients, not nodes.
+One paper concept per module, the maths as plain functions (no Flower) and the Flower apps as thin
+translators over them:
+
+* `config` — `FedConfig` (``[fed]`` with ``[fed.transport]``, ``[fed.omc]``, ``[fed.partial]``), `TaskSpec`,
+  `RunSpec`, `FederatedConfig`; parsing of Flower's run config.
+* `task` — the `FederatedTask` interface and the task registry (`make_task`).
+* `client_update` — a client's round: FedSGD gradient or FedAvg delta, with OMC and partial training.
+* `transport` — what travels and its exact bytes (codecs, the OMC download).
+* `aggregation` — validation of updates, (WCA-)weighted aggregation, Mixed FL, the server optimizer.
+* `checkpoint` — the server's checkpoint for resuming a run.
+* `strategies` — Flower strategies (FedSGD, FedAvg + server optimizer) that sample clients, not nodes.
 * `client_app` / `server_app` — thin Flower adapters (``app`` objects for ``flwr run``).
 * `launch` — one call per engine: `run_simulation`, `run_flwr_local`, `run_deployment_local`.
 * `toy` — a small non-IID task implementing `FederatedTask`, for tests, smoke runs and the bench.
 
-Importing this package does not import Flower; `launch` functions are loaded on first use.
+Seeds and client sampling live in `fedasr.seeding`. Importing this package does not import Flower.
 """
 
-from fedasr.federated.core import FedConfig, FederatedConfig, FederatedTask, RunSpec, TaskSpec, Update
+from fedasr.federated.client_update import Update
+from fedasr.federated.config import FedConfig, FederatedConfig, RunSpec, TaskSpec
+from fedasr.federated.task import FederatedTask
 
-__all__ = ["FedConfig", "FederatedConfig", "FederatedTask", "RunSpec", "TaskSpec", "Update",
-           "run_simulation", "run_flwr_local", "run_deployment_local"]
-
-
-def __getattr__(name: str):
-    if name in ("run_simulation", "run_flwr_local", "run_deployment_local"):
-        from fedasr.federated import launch
-
-        return getattr(launch, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["FedConfig", "FederatedConfig", "FederatedTask", "RunSpec", "TaskSpec", "Update"]

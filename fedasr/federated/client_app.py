@@ -1,4 +1,4 @@
-"""fedasr ClientApp: unpack a Flower message, run the client update from `core`, pack the reply."""
+"""fedasr ClientApp: unpack a Flower message, run `client_update.client_update`, pack the reply."""
 
 from __future__ import annotations
 
@@ -6,13 +6,31 @@ import json
 from collections.abc import Callable
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from fedasr import omc
-from fedasr.federated import core
-from fedasr.federated.core import FederatedConfig, FederatedTask
-from fedasr.federated.strategies import ANY_CLIENT, DOWNLOAD_META, HOSTS_QUERY, TRANSPORT, UPLOAD_META
+from fedasr.federated import transport
+from fedasr.federated.client_update import client_update
+from fedasr.federated.config import (
+    FedConfig,
+    FederatedConfig,
+    config_from_run_config,
+    fed_from_flat,
+)
+from fedasr.federated.strategies import ANY_CLIENT, HOSTS_QUERY
+from fedasr.federated.task import FederatedTask, make_task
+from fedasr.federated.transport import DOWNLOAD_META, TRANSPORT, UPLOAD_META
+from fedasr.seeding import derive_seed
 
 __all__ = ["make_client_app", "app", "hosted_clients"]
 
@@ -25,18 +43,18 @@ _RUNTIMES: dict[str, tuple[FederatedTask, torch.nn.Module]] = {}
 
 
 def _runtime(cfg: FederatedConfig, task_factory: TaskFactory | None,
-             fed: core.FedConfig | None = None) -> tuple[FederatedTask, torch.nn.Module]:
+             fed: FedConfig | None = None) -> tuple[FederatedTask, torch.nn.Module]:
     """Return this process's cached ``(task, model)`` for the run's task.
 
-    With ``fed.omc-bits`` the model is OMC-converted once (`omc.apply_omc`): its weight matrices are
+    With ``fed.omc.bits`` the model is OMC-converted once (`omc.apply_omc`): its weight matrices are
     stored quantized, and each round's download is adopted as that storage (`omc.load_payload`).
     """
-    omc_cfg = fed.omc_config() if fed is not None else None
+    omc_cfg = fed.omc if fed is not None and fed.omc.enabled else None
     key = json.dumps([cfg.task.name, cfg.task.params, repr(omc_cfg)], sort_keys=True, default=str)
     if task_factory is not None:
         key = f"factory:{getattr(task_factory, '__qualname__', repr(task_factory))}:{key}"
     if key not in _RUNTIMES:
-        task = task_factory() if task_factory is not None else core.make_task(cfg.task)
+        task = task_factory() if task_factory is not None else make_task(cfg.task)
         model = task.build_model()
         if omc_cfg is not None:
             omc.apply_omc(model, omc_cfg)
@@ -44,18 +62,18 @@ def _runtime(cfg: FederatedConfig, task_factory: TaskFactory | None,
     return _RUNTIMES[key]
 
 
-def _global_state(msg: Message, conf: ConfigRecord, fed: core.FedConfig,
+def _global_state(msg: Message, conf: ConfigRecord, fed: FedConfig,
                   model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The round's global weights from the TRAIN message (fp32, transport-decoded, or adopted OMC codes)."""
     if DOWNLOAD_META not in conf:
         return msg.content["arrays"].to_torch_state_dict()
-    return core.decode_download({k: v.numpy() for k, v in msg.content["arrays"].items()}, str(conf[DOWNLOAD_META]),
+    return transport.decode_download({k: v.numpy() for k, v in msg.content["arrays"].items()}, str(conf[DOWNLOAD_META]),
                                 fed, model)
 
 
 def _resolve(cfg: FederatedConfig | None, context: Context) -> FederatedConfig:
     """Return the closed-over config (in-process simulation) or the one in ``context.run_config``."""
-    return cfg if cfg is not None else core.config_from_run_config(context.run_config)
+    return cfg if cfg is not None else config_from_run_config(context.run_config)
 
 
 def hosted_clients(task: FederatedTask, node_config: dict) -> list[str] | str:
@@ -78,7 +96,7 @@ def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = N
     torch.set_num_threads(1)  # one thread per client: 2 clients on 2 cores (DESIGN §6)
     # Load the task, the model and the instructions
     conf = msg.content["config"]
-    fed = core.fed_from_flat(conf)
+    fed = fed_from_flat(conf)
     task, model = _runtime(_resolve(cfg, context), task_factory, fed)
     client_id, client_seed = str(conf["client-id"]), int(conf["client-seed"])
     server_round = int(conf.get("server-round", 0))
@@ -86,17 +104,17 @@ def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = N
     # with a readable reason that the server records, instead of an opaque runtime exception
     try:
         global_state = _global_state(msg, conf, fed, model)
-        update = core.client_update(task, model, client_id, global_state, fed, client_seed, server_round)
+        update = client_update(task, model, client_id, global_state, fed, client_seed, server_round)
     except Exception as e:  # noqa: BLE001 — any client failure must reach the server as a reason
         return Message(Error(code=CLIENT_DECLINED, reason=f"{type(e).__name__}: {e}"[:500]), reply_to=msg)
     # Construct and return the reply Message
     metrics = MetricRecord({"num-examples": int(update.num_examples),
                             **{k: v if isinstance(v, (int, list)) else float(v)
                                for k, v in update.metrics.items()}})
-    if fed.compress_upload:  # encode the update (stochastic rounding seeded from the client seed)
-        gen = torch.Generator().manual_seed(core.derive_seed("upload", client_seed))
-        enc, meta, _ = core.encode_arrays({k: v.contiguous() for k, v in update.arrays.items()},
-                                          fed.upload_codec_config(), gen)
+    if fed.transport.compress_upload:  # encode the update (stochastic rounding seeded from the client seed)
+        gen = torch.Generator().manual_seed(derive_seed("upload", client_seed))
+        enc, meta, _ = transport.encode_arrays({k: v.contiguous() for k, v in update.arrays.items()},
+                                               fed.transport.upload, gen)
         content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in enc.items()}), "metrics": metrics,
                               TRANSPORT: ConfigRecord({UPLOAD_META: meta})})
     else:

@@ -45,13 +45,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,7 +57,9 @@ import psutil
 
 from fedasr import results
 from fedasr.config import flatten, to_dict
-from fedasr.federated.core import FederatedConfig, FederatedTask
+from fedasr.federated.config import FederatedConfig
+from fedasr.federated.task import FederatedTask
+from fedasr.ports import free_port
 
 __all__ = ["FLWR_ENV", "run_simulation", "run_flwr_local", "run_deployment_local", "run_config_args", "cli_main",
            "free_port"]
@@ -133,23 +133,18 @@ def run_simulation(cfg: FederatedConfig, task_factory: Callable[[], FederatedTas
 # ---------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_config_args(cfg: FederatedConfig) -> list[str]:
     """Return ``--run-config`` pairs for ``flwr run`` (space-separated TOML values, Flower ≥ 1.11).
 
-    ``task.params`` travels as one JSON string (Flower's run config holds scalars only); every key must
-    exist in ``[tool.flwr.app.config]`` of ``pyproject.toml``.
+    ``task.params`` and list values (``fed.omc.fp32-patterns``) travel as JSON strings (Flower's run config
+    holds scalars only); every key must exist in ``[tool.flwr.app.config]`` of ``pyproject.toml``.
     """
     d = to_dict(cfg)
     d["task"]["params"] = json.dumps(d["task"]["params"], sort_keys=True, separators=(",", ":"))
     pairs = []
     for k, v in flatten(d).items():
+        if isinstance(v, (list, tuple)):
+            v = json.dumps(list(v), separators=(",", ":"))
         if isinstance(v, str):
             # Flower splits pairs on spaces and does not unescape: use a TOML literal '...' or basic "..."
             if "'" not in v and "\n" not in v:

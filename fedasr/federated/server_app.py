@@ -7,7 +7,7 @@ Configuration reaches the ServerApp one of two ways (STYLE guideline 4):
   ``run_config``;
 * ``flwr run`` (local simulation federation or the Deployment Engine): the module-level ``app`` parses
   ``context.run_config`` (``[tool.flwr.app.config]`` + ``--run-config`` overrides) with
-  `core.config_from_run_config` (through `fedasr.config.from_run_config`; unknown keys fail).
+  `config.config_from_run_config` (through `fedasr.config.from_run_config`; unknown keys fail).
 
 Records (DESIGN §4): ``<results-root>/<experiment>/<run-id>/{config.json, rounds.jsonl, summary.json}``
 and ``checkpoints/server.pt`` (weights, server optimizer state, round, RNG state, config), from which
@@ -28,9 +28,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from fedasr import omc, results
-from fedasr.federated import core
-from fedasr.federated.core import FederatedConfig, FederatedTask
+from fedasr.federated.checkpoint import load_checkpoint, save_checkpoint
+from fedasr.federated.client_update import Update, central_update, trainable_names
+from fedasr.federated.config import FedConfig, FederatedConfig, config_from_run_config
 from fedasr.federated.strategies import build_strategy
+from fedasr.federated.task import FederatedTask, make_task
+from fedasr.seeding import capture_rng_state, restore_rng_state
 
 __all__ = ["make_server_app", "app", "run_server", "checkpoint_path", "summarize_rounds"]
 
@@ -42,7 +45,7 @@ def checkpoint_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT
 
 
-def _should_eval(fed: core.FedConfig, server_round: int) -> bool:
+def _should_eval(fed: FedConfig, server_round: int) -> bool:
     if fed.eval_every <= 0:
         return False
     return server_round == 0 or server_round % fed.eval_every == 0 or server_round == fed.num_rounds
@@ -62,25 +65,25 @@ def run_server(grid: Grid, cfg: FederatedConfig,
 def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedTask] | None) -> results.RunDir:
     fed = cfg.fed
     # Build the task, the run folder and the initial global model
-    task = task_factory() if task_factory is not None else core.make_task(cfg.task)
+    task = task_factory() if task_factory is not None else make_task(cfg.task)
     run_id = cfg.run.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     ckpt_file = checkpoint_path(Path(cfg.run.results_root) / cfg.run.experiment / run_id)
     resume = cfg.run.resume and ckpt_file.exists()
     run = results.new_run(cfg.run.experiment, cfg, cfg.run.results_root, run_id, resume=cfg.run.resume)
     model = task.build_model()
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    omc_names = omc.select_quantized(model, fed.omc_config()) if fed.omc_bits else ()
+    omc_names = omc.select_quantized(model, fed.omc) if fed.omc.enabled else ()
     central = None
     if fed.central_mix > 0:  # Mixed FL: the server's update on its own proxy data (uses the eval model's memory)
-        def central(server_round: int, global_weights: dict[str, torch.Tensor]) -> core.Update:
-            return core.central_update(task, model, global_weights, fed, server_round)
-    strategy = build_strategy(fed, task.client_ids(), weights, core.trainable_names(model), omc_names, central)
+        def central(server_round: int, global_weights: dict[str, torch.Tensor]) -> Update:
+            return central_update(task, model, global_weights, fed, server_round)
+    strategy = build_strategy(fed, task.client_ids(), weights, trainable_names(model), omc_names, central)
     start_round = 1
     if resume:
-        ckpt = core.load_checkpoint(ckpt_file)
+        ckpt = load_checkpoint(ckpt_file)
         weights.update(ckpt["weights"])
         strategy.server_opt.load_state_dict(ckpt["server_opt"])
-        core.restore_rng_state(ckpt["rng"])
+        restore_rng_state(ckpt["rng"])
         start_round = ckpt["round"] + 1
         log(INFO, "resuming %s after round %d", run.path, ckpt["round"])
 
@@ -96,8 +99,8 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
         run.log_round(record)
         due = fed.checkpoint_every > 0 and (server_round % fed.checkpoint_every == 0 or server_round == fed.num_rounds)
         if server_round > 0 and due:
-            core.save_checkpoint(ckpt_file, strategy.weights, strategy.server_opt.state_dict(), server_round,
-                                 core.capture_rng_state(), cfg)
+            save_checkpoint(ckpt_file, strategy.weights, strategy.server_opt.state_dict(), server_round,
+                            capture_rng_state(), cfg)
 
     # Run the rounds
     t0 = time.perf_counter()
@@ -150,7 +153,7 @@ def make_server_app(cfg: FederatedConfig | None = None,
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        resolved = cfg if cfg is not None else core.config_from_run_config(context.run_config)
+        resolved = cfg if cfg is not None else config_from_run_config(context.run_config)
         run_server(grid, resolved, task_factory)
 
     return server_app

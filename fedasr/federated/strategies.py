@@ -3,7 +3,8 @@
 Flower samples *nodes*; the paper samples *clients* (users). Here a SuperNode is a worker that can
 train any client whose data it holds: the strategy samples K client ids per round (seeded by
 ``(seed, round)``), sends one TRAIN message per client to a node that hosts it, and records everything
-per round. The maths (client updates, validation, aggregation, server optimizer) is in `core`.
+per round. The maths is in plain modules: `client_update` (what clients compute), `aggregation` (validation,
+aggregation, server optimizer), `transport` (what travels).
 
 Which node hosts which client (``fed.node-data``):
 
@@ -13,20 +14,20 @@ Which node hosts which client (``fed.node-data``):
   ``partition-id``/``num-partitions``). The strategy first asks every node which clients it hosts
   (one QUERY message each) and samples among those.
 
-Transport compression and partial training (``fed.download-codec``, ``fed.upload-codec``,
-``fed.partial-policy``): the download is encoded once per round and ``bytes_down``/``bytes_up`` count the
-exact encoded bytes (`fedasr.compression.payload_bytes`); uploads are decoded before validation; with
-partial training a client uploads only the variables it trained and `core.aggregate` averages each
-variable over the clients that sent it (the server optimizer leaves the others untouched).
+Transport compression and partial training (``fed.transport``, ``fed.partial``): the download is encoded
+once per round and ``bytes_down``/``bytes_up`` count the exact encoded bytes
+(`fedasr.compression.payload_bytes`); uploads are decoded before validation; with partial training a client
+uploads only the variables it trained and `aggregation.aggregate` averages each variable over the clients
+that sent it (the server optimizer leaves the others untouched).
 
-Online Model Compression (``fed.omc-bits``): the download is the clients' OMC storage format
+Online Model Compression (``fed.omc``): the download is the clients' OMC storage format
 (`omc.encode_state` over the variables `omc.select_quantized` picks, which the ServerApp passes in), and
 the server keeps fp32 weights. Mixed FL (``fed.central-mix``): after aggregating, the server mixes in an
-update on its own proxy data (``central_update``, `core.central_update`): ``(1 − α)·Ḡ + α·G_server``; if
+update on its own proxy data (``central_update``, `client_update.central_update`): ``(1 − α)·Ḡ + α·G_server``; if
 that fails the clients' aggregate is applied alone and the reason recorded.
 
 Faults: an error reply (the ClientApp raised), a missing reply (timeout), or an update that
-`core.validate_update` rejects (NaN/Inf, wrong shape, unknown or missing variable) excludes that client
+`aggregation.validate_update` rejects (NaN/Inf, wrong shape, unknown or missing variable) excludes that client
 and is recorded with its reason; with fewer than ``fed.min-successful-clients`` usable updates the round
 is skipped (global weights unchanged) and the reason recorded.
 """
@@ -40,26 +41,36 @@ from logging import INFO, WARNING
 from typing import Any
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
-from fedasr.federated import core
-from fedasr.federated.core import FedConfig, Update
+from fedasr import refinement
+from fedasr.federated import transport
+from fedasr.federated.aggregation import (
+    ServerOptimizer,
+    aggregate,
+    mix_central,
+    validate_update,
+)
+from fedasr.federated.client_update import Update
+from fedasr.federated.config import FedConfig, fed_to_flat
+from fedasr.federated.transport import DOWNLOAD_META, TRANSPORT, UPLOAD_META
+from fedasr.seeding import derive_seed, sample_clients
 
-__all__ = ["FedAsrStrategy", "FedSGD", "FedAvgServerLR", "build_strategy", "HOSTS_QUERY", "ANY_CLIENT",
-           "DOWNLOAD_META", "TRANSPORT", "UPLOAD_META"]
+__all__ = ["FedAsrStrategy", "FedSGD", "FedAvgServerLR", "build_strategy", "HOSTS_QUERY", "ANY_CLIENT"]
 
 HOSTS_QUERY = "hosts"  # QUERY action asking a node which clients it hosts
 ANY_CLIENT = "*"  # a node's answer meaning "I can train any client"
-# Transport compression wire format (fed.download-codec / fed.upload-codec other than "none"): the
-# "arrays" ArrayRecord holds `compression.to_arrays` arrays ("<var>/data", "/scale", "/offset") and the
-# JSON description travels as a string: in the TRAIN message's "config" under DOWNLOAD_META, and in the
-# reply's TRANSPORT ConfigRecord under UPLOAD_META. Without compression neither key is present.
-DOWNLOAD_META = "transport-download"
-TRANSPORT = "transport"
-UPLOAD_META = "upload"
 
 
 class FedAsrStrategy(FedAvg):
@@ -83,14 +94,14 @@ class FedAsrStrategy(FedAvg):
         self.client_ids = list(client_ids)
         self.weights = weights
         self.trainable = list(trainable)
-        self.omc_names = list(omc_names)  # variables the clients store quantized (fed.omc-bits; omc.select_quantized)
+        self.omc_names = list(omc_names)  # variables the clients store quantized (fed.omc; omc.select_quantized)
         self.central_update = central_update  # (round, global weights) -> the server's proxy-data update
         if fed.central_mix > 0 and central_update is None:
             raise ValueError("fed.central-mix > 0 needs the server's central update (build_strategy central_update)")
-        if fed.omc_bits and not self.omc_names:
-            raise ValueError("fed.omc-bits is set but no variable is quantized (build_strategy needs omc_names)")
+        if fed.omc.enabled and not self.omc_names:
+            raise ValueError("fed.omc.bits is set but no variable is quantized (build_strategy needs omc_names)")
         self.reference_shapes = {n: tuple(weights[n].shape) for n in self.trainable}
-        self.server_opt = core.ServerOptimizer(weights, self.trainable, fed)
+        self.server_opt = ServerOptimizer(weights, self.trainable, fed)
         self.hosts: dict[str, int] | None = None  # client → node, after `discover_hosts` (partitioned)
         self.record: dict[str, Any] = {}  # the current round's record (rounds.jsonl row)
         self._sent: list[tuple[Message, str]] = []
@@ -109,8 +120,6 @@ class FedAsrStrategy(FedAvg):
         """
         if self.fed.weighting == "examples":
             return [self.client_weight(u) for u in updates]
-        from fedasr import refinement
-
         stats = [refinement.ClientStats.from_metrics(u.metrics, self.fed.wca_buckets) for u in updates]
         return refinement.wca_weights(stats, self.fed.weighting, num_examples=[u.num_examples for u in updates],
                                       losses=[u.metrics.get("loss", float("nan")) for u in updates],
@@ -135,20 +144,20 @@ class FedAsrStrategy(FedAvg):
         # Sample clients and the nodes that will train them
         nodes = self._wait_for_nodes(grid)
         pool = sorted(self.hosts) if self.hosts is not None else self.client_ids
-        sampled = core.sample_clients(pool, self.fed.clients_per_round, self.fed.seed, server_round)
+        sampled = sample_clients(pool, self.fed.clients_per_round, self.fed.seed, server_round)
         # Build the messages: global arrays + this client's config
-        base = {**core.fed_to_flat(self.fed), **dict(config), "server-round": server_round}
-        down_bytes = core.payload_bytes(arrays)
+        base = {**fed_to_flat(self.fed), **dict(config), "server-round": server_round}
+        down_bytes = transport.payload_bytes(arrays)
         if self.fed.compress_download:  # one encoding per round (a codec or OMC codes), sent to every sampled client
-            gen = torch.Generator().manual_seed(core.derive_seed("download", self.fed.seed, server_round))
-            enc, meta, down_bytes = core.encode_download(arrays.to_torch_state_dict(), self.fed, self.omc_names, gen)
+            gen = torch.Generator().manual_seed(derive_seed("download", self.fed.seed, server_round))
+            enc, meta, down_bytes = transport.encode_download(arrays.to_torch_state_dict(), self.fed, self.omc_names, gen)
             arrays = ArrayRecord({k: Array(v) for k, v in enc.items()})
             base[DOWNLOAD_META] = meta
         self._sent = []
         for i, cid in enumerate(sampled):
             node = self.hosts[cid] if self.hosts is not None else nodes[i % len(nodes)]
             cfg = ConfigRecord({**base, "client-id": cid,
-                                "client-seed": core.derive_seed("client", self.fed.seed, server_round, cid)})
+                                "client-seed": derive_seed("client", self.fed.seed, server_round, cid)})
             msg = Message(RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=node,
                           message_type=MessageType.TRAIN, group_id=str(server_round))
             self._sent.append((msg, cid))
@@ -194,7 +203,7 @@ class FedAsrStrategy(FedAvg):
         updates.sort(key=lambda u: u.client_id)
         weights = self.round_weights(updates)
         self.record["weights"] = {u.client_id: w for u, w in zip(updates, weights)}
-        agg = core.aggregate(updates, weights)
+        agg = aggregate(updates, weights)
         if self.fed.central_mix > 0:  # Mixed FL: the server's own proxy-data update joins the step
             agg = self._mix_central(server_round, agg)
         self.server_step(agg)
@@ -262,9 +271,9 @@ class FedAsrStrategy(FedAvg):
         """``(1 − α)·agg + α·central``; a failed or non-finite central update leaves ``agg`` as is (recorded)."""
         try:
             cu = self.central_update(server_round, self.weights)
-            reason = core.validate_update(cu, self.reference_shapes)
+            reason = validate_update(cu, self.reference_shapes)
             if reason is None:
-                mixed = core.mix_central(agg, cu.arrays, self.fed.central_mix)
+                mixed = mix_central(agg, cu.arrays, self.fed.central_mix)
         except Exception as e:  # noqa: BLE001 — the clients' round must survive the server's own data
             reason = f"{type(e).__name__}: {e}"[:300]
         if reason is not None:
@@ -320,18 +329,16 @@ class FedAsrStrategy(FedAvg):
             metrics = dict(reply.content["metrics"])
             if TRANSPORT in reply.content:  # an encoded upload: decode before validation and aggregation
                 meta = str(reply.content[TRANSPORT][UPLOAD_META])
-                arrays, nbytes = core.decode_arrays({k: v.numpy() for k, v in record.items()}, meta)
+                arrays, nbytes = transport.decode_arrays({k: v.numpy() for k, v in record.items()}, meta)
             else:
-                nbytes = core.payload_bytes(record)
+                nbytes = transport.payload_bytes(record)
                 arrays = {k: torch.from_numpy(v.numpy()) for k, v in record.items()}
             update = Update(arrays, int(metrics.pop("num-examples")), metrics, cid, self.update_kind)
         except Exception as e:  # a malformed reply must not end the round
             return None, f"malformed-reply: {type(e).__name__}: {e}"[:300], 0
         required = None if self.fed.partial_updates else self.trainable
-        reason = core.validate_update(update, self.reference_shapes, required)
+        reason = validate_update(update, self.reference_shapes, required)
         if reason is None and self.fed.weighting != "examples":
-            from fedasr import refinement
-
             try:  # WCA needs the client's statistics: a reply without usable ones is excluded, counted
                 refinement.ClientStats.from_metrics(update.metrics, self.fed.wca_buckets)
             except Exception as e:  # noqa: BLE001

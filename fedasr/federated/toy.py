@@ -1,6 +1,6 @@
 """A toy federated task (non-IID synthetic classification with a small MLP) for tests, smoke runs and the bench.
 
-It implements `fedasr.federated.core.FederatedTask` exactly as the ASR task does, so everything the
+It implements `fedasr.federated.task.FederatedTask` exactly as the ASR task does, so everything the
 federated layer does can be exercised in seconds on a CPU. Data are deterministic given the seed:
 
 * ``C`` class centroids in ``R^D`` are shared by every client (the "language");
@@ -24,7 +24,7 @@ from torch import nn
 
 from fedasr import config
 from fedasr.clients import Population
-from fedasr.federated.core import derive_seed
+from fedasr.seeding import derive_seed
 
 __all__ = ["ToyConfig", "ToyBatch", "ToyModel", "ToyTask", "make_toy_task"]
 

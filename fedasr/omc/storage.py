@@ -1,74 +1,24 @@
-"""Online Model Compression: weights stored quantized, dequantized on use and freed right after (paper §2.4.1).
+"""OMC storage: the config, quantized variables with their dequantize-on-use hooks, `apply_omc`, queries.
 
-OMC (Yang et al. 2022, arXiv 2205.03494; paper.md §2.8.1) keeps parameters in a compressed format,
-"decompresses it on-the-fly and deallocates memory for the decompressed value immediately after it is
-consumed". Its three accuracy techniques are `OMCConfig` fields:
-
-1. per-variable transformation: each variable gets its own affine grid (fp32 scale + offset);
-   ``transform="global"`` (one grid for all) is the ablation, ``"per_channel"`` a finer option;
-2. weight-matrices-only quantization: vectors (biases, norm gains) stay fp32 (``matrices_only``);
-3. partial parameter quantization: a fraction of the weight matrices stays fp32 (``fp32_fraction``).
-
-Mechanism (PyTorch), after `apply_omc`:
-
-* a quantized variable ``owner.<attr>`` keeps its name in ``named_parameters()`` as an *anchor*: an
-  ``nn.Parameter`` of the right shape that is a NaN scalar expanded (stride 0, 4 bytes), so reading it
-  outside OMC's hooks is loud (NaN), never silently wrong. The codes live in non-persistent buffers
-  ``<attr>_omc_q / _omc_scale / _omc_offset`` of the owner;
-* a forward pre-hook on the *scope* (the owner, or the ``nn.MultiheadAttention`` whose forward reads
-  its ``out_proj.weight``) swaps in ``Ŵ = dequantize(q)`` through `_Dequantize`, whose backward passes
-  the gradient straight through to the anchor (``anchor.grad`` is the fp32 gradient accumulator);
-  the forward post-hook swaps the anchor back, so no module attribute keeps ``Ŵ``;
-* while the scope runs, saved-tensor hooks (``torch.autograd.graph`` "hooks for saved tensors") replace
-  every ``Ŵ`` (or view of it) autograd would keep for backward by a reference to the codes and
-  re-dequantize it when backward needs it; every other saved tensor goes to the hooks below (e.g.
-  ``torch.utils.checkpoint``'s). So no fp32 copy of a quantized weight outlives the op that used it,
-  with or without gradient checkpointing; under checkpointing the recompute dequantizes again.
-
-FedSGD (paper §2.3): weights are fixed during the round; gradients are taken w.r.t. ``Ŵ`` (straight
-through) and the stored codes never change. FedAvg: `sgd_step` updates ``Ŵ - lr·g`` and re-quantizes
-after each local step (``rounding="stochastic"`` keeps updates smaller than a grid step alive in
-expectation); `snapshot` / `delta` form ``Δ = Ŵ_end - Ŵ_start`` without an fp32 copy of the start.
-
-Loading: ``model.load_state_dict(fp32_state)`` quantizes the incoming weights, and loading a tensor
-that *is* the anchor (`resident_state`) is a no-op, so `fedasr.federated.core`'s client updates can
-reload "the global weights" without materialising them. ``model.state_dict()`` returns dequantized
-fp32 values (a full-size copy: for the server and evaluation, not for the client's training path).
+Holds everything a converted model carries (``model._omc``): the per-variable codes, the anchors, the
+forward pre/post hooks and saved-tensor hooks that dequantize on use (package docstring), and the
+state-dict hooks through which ``state_dict()`` / ``load_state_dict()`` see fp32 values.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import math
 import weakref
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
-from .compression import Encoded, Payload, decode, dequantize, quantize
+from ..compression import Encoded, dequantize, quantize
 
-__all__ = [
-    "OMCConfig",
-    "QUANTIZABLE_MODULES",
-    "select_quantized",
-    "apply_omc",
-    "is_omc",
-    "quantized_names",
-    "storage_bytes",
-    "encode_state",
-    "export_payload",
-    "load_payload",
-    "resident_state",
-    "sgd_step",
-    "snapshot",
-    "delta",
-    "DequantStats",
-    "track_dequantized",
-]
+if TYPE_CHECKING:
+    from .steps import DequantStats
 
 # Modules whose own forward reads their parameters (so a pre-hook can swap them). GroupNorm is absent on
 # purpose: fedasr.model's padding-aware conv module reads ``norm.weight`` outside GroupNorm.forward.
@@ -81,7 +31,7 @@ QUANTIZABLE_MODULES: tuple[type[nn.Module], ...] = (
 class OMCConfig:
     """Online Model Compression knobs (OMC's three techniques + storage width; module docstring)."""
 
-    bits: int = 8  # storage bits per quantized weight: 16, 8 (default), 4 or 2
+    bits: Literal[0, 2, 4, 8, 16] = 8  # storage bits per quantized weight: 16, 8 (default), 4 or 2; 0 = OMC off
     transform: Literal["per_variable", "per_channel", "global"] = "per_variable"  # OMC technique 1 ("global": ablation)
     matrices_only: bool = True  # OMC technique 2: only ndim >= 2 weights are quantized; vectors stay fp32
     fp32_fraction: float = 0.0  # OMC technique 3: share of quantizable params kept fp32 (input/output ends first)
@@ -91,26 +41,19 @@ class OMCConfig:
 
     def __post_init__(self) -> None:
         self.fp32_patterns = tuple(self.fp32_patterns)
-        if self.bits not in (2, 4, 8, 16):
-            raise ValueError(f"OMC bits must be 2, 4, 8 or 16, got {self.bits}")
+        if self.bits not in (0, 2, 4, 8, 16):
+            raise ValueError(f"OMC bits must be 0 (off), 2, 4, 8 or 16, got {self.bits}")
         if not 0.0 <= self.fp32_fraction <= 1.0:
             raise ValueError(f"fp32_fraction must be in [0, 1], got {self.fp32_fraction}")
         if self.transform not in ("per_variable", "per_channel", "global"):
             raise ValueError(f"unknown OMC transform {self.transform!r}")
+        if self.rounding not in ("nearest", "stochastic"):
+            raise ValueError(f"OMC rounding must be 'nearest' or 'stochastic', got {self.rounding!r}")
 
-
-@dataclass
-class DequantStats:
-    """Dequantized fp32 copies made while tracking (`track_dequantized`)."""
-
-    created: int = 0  # dequantizations (forward, checkpoint recompute and saved-tensor unpacks)
-    live_bytes: int = 0  # bytes of dequantized copies alive now
-    peak_live_bytes: int = 0  # most bytes alive at once
-    refs: list = field(default_factory=list)  # weakrefs to every copy made
-
-    def alive(self) -> int:
-        """Return how many dequantized copies are still alive."""
-        return sum(r() is not None for r in self.refs)
+    @property
+    def enabled(self) -> bool:
+        """True when weights are stored quantized (``bits`` > 0)."""
+        return self.bits > 0
 
 
 @dataclass
@@ -302,6 +245,8 @@ def apply_omc(model: nn.Module, cfg: OMCConfig | None = None, generator: torch.G
     before building optimizers; `fedasr.partial` may toggle ``requires_grad`` of anchors afterwards.
     """
     cfg = cfg or OMCConfig()
+    if not cfg.enabled:
+        raise ValueError("OMC is off (bits = 0): nothing to convert")
     if is_omc(model):
         raise ValueError("model is already OMC-converted")
     names = select_quantized(model, cfg)
@@ -376,84 +321,8 @@ def storage_bytes(model: nn.Module) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Download format, loading, state dicts
+# State dicts: the quantized storage seen through state_dict() / load_state_dict()
 # ---------------------------------------------------------------------------------------------------
-
-
-def encode_state(
-    state: Mapping[str, torch.Tensor], names: list[str] | set[str], cfg: OMCConfig | None = None,
-    generator: torch.Generator | None = None,
-) -> Payload:
-    """Encode a server's fp32 state in OMC format: ``names`` quantized, everything else fp32 (``"none"``).
-
-    The payload is what a client adopts as its weight storage (`load_payload`), so the OMC download
-    needs no separate transport codec (paper.md open question 8).
-    """
-    cfg = cfg or OMCConfig()
-    names = set(names)
-    grange = _global_range(state[n] for n in names) if cfg.transform == "global" else None
-    out: Payload = {}
-    for k, v in state.items():
-        if k in names:
-            out[k] = _quantize_var(v, cfg, grange, generator)
-        else:
-            out[k] = Encoded("none", tuple(v.shape), v.dtype, v.detach(), bits=v.element_size() * 8)
-    return out
-
-
-def export_payload(model: nn.Module) -> Payload:
-    """Return the model's weights in OMC format without copying (codes as stored, the rest fp32)."""
-    vars_ = model._omc.vars if is_omc(model) else {}
-    out: Payload = {}
-    for k, v in _raw_state(model).items():
-        if k in vars_:
-            out[k] = _codes(vars_[k])
-        else:
-            out[k] = Encoded("none", tuple(v.shape), v.dtype, v.detach(), bits=v.element_size() * 8)
-    return out
-
-
-def load_payload(model: nn.Module, payload: Mapping[str, Encoded]) -> None:
-    """Adopt an OMC-format payload as the model's storage, without copies (skeletons on ``meta`` too).
-
-    Quantized variables take the payload's codes as their buffers; other entries are decoded and
-    assigned as the parameters/buffers themselves. Anchors are re-created on the payload's device.
-
-    Raises:
-        KeyError / ValueError: missing or unexpected variables, or a quantized/fp32 mismatch.
-    """
-    state = _state(model)
-    expected = set(_raw_state(model))
-    if set(payload) != expected:
-        raise KeyError(f"payload keys differ from the model's: missing {sorted(expected - set(payload))[:3]}, "
-                       f"unexpected {sorted(set(payload) - expected)[:3]}")
-    for name, e in payload.items():
-        owner, attr = _resolve(model, name)
-        if name in state.vars:
-            if e.scale is None or e.bits != state.vars[name].bits:
-                raise ValueError(f"{name}: expected {state.vars[name].bits}-bit OMC codes, got codec {e.codec!r}")
-            if e.zipped:
-                raise ValueError(f"{name}: lossless-coded payloads must be decoded before adoption")
-            _set_codes(owner, attr, e)
-            old = owner._parameters[attr]
-            state.anchors[name] = owner._parameters[attr] = _anchor(old.shape, e.data.device, old.requires_grad)
-        elif attr in owner._parameters:
-            if e.scale is not None:
-                raise ValueError(f"{name}: stored fp32 in this model but the payload quantized it")
-            old = owner._parameters[attr]
-            owner._parameters[attr] = nn.Parameter(decode(e), requires_grad=old.requires_grad)
-        else:
-            owner._buffers[attr] = decode(e)
-        _refresh_rnn(owner)
-
-
-def resident_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's own tensors by state-dict name (anchors for quantized variables), no copies.
-
-    ``model.load_state_dict(resident_state(model))`` is a no-op: APIs that (re)load "the global weights"
-    before a client update can be handed this instead of a materialised fp32 state.
-    """
-    return _raw_state(model)
 
 
 def _raw_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -499,67 +368,3 @@ def _load_post_hook(model, incompatible) -> None:
     st = model._omc
     incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k not in st.loaded]
     st.loaded = set()
-
-
-# ---------------------------------------------------------------------------------------------------
-# FedAvg with OMC: local steps re-quantize; the delta is formed from codes
-# ---------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def sgd_step(model: nn.Module, lr: float, generator: torch.Generator | None = None) -> None:
-    """One local SGD step ``w ← Q(Ŵ - lr·g)`` for quantized variables and ``w ← w - lr·g`` for the rest.
-
-    One variable is dequantized at a time (transient = the largest variable), then gradients are cleared.
-    Rounding follows ``cfg.rounding``; ``generator`` seeds stochastic rounding.
-    """
-    st = _state(model)
-    for name, p in model.named_parameters():
-        if p.grad is None:
-            continue
-        if name in st.vars:
-            qv = st.vars[name]
-            w = dequantize(_codes(qv))
-            w.add_(p.grad, alpha=-lr)
-            _set_codes(qv.owner, qv.attr, _quantize_var(w, st.cfg, st.global_range, generator))
-        else:
-            p.add_(p.grad, alpha=-lr)
-        p.grad = None
-
-
-def snapshot(model: nn.Module, names: list[str] | None = None) -> dict[str, Encoded | torch.Tensor]:
-    """Copy the trainable variables' storage (codes for quantized ones, fp32 otherwise) before local steps."""
-    vars_ = model._omc.vars if is_omc(model) else {}
-    names = names if names is not None else [n for n, p in model.named_parameters() if p.requires_grad]
-    params = dict(model.named_parameters())
-    out: dict[str, Encoded | torch.Tensor] = {}
-    for n in names:
-        if n in vars_:
-            e = _codes(vars_[n])
-            out[n] = Encoded("omc", e.shape, e.dtype, e.data.clone(), e.scale.clone(),
-                             None if e.offset is None else e.offset.clone(), e.bits)
-        else:
-            out[n] = params[n].detach().clone()
-    return out
-
-
-def delta(model: nn.Module, start: Mapping[str, Encoded | torch.Tensor]) -> dict[str, torch.Tensor]:
-    """FedAvg's upload ``Δ = Ŵ_end - Ŵ_start`` for the variables in ``start`` (from `snapshot`)."""
-    vars_ = model._omc.vars if is_omc(model) else {}
-    params = dict(model.named_parameters())
-    out = {}
-    for n, s in start.items():
-        now = dequantize(_codes(vars_[n])) if n in vars_ else params[n].detach()
-        out[n] = now - (dequantize(s) if isinstance(s, Encoded) else s)
-    return out
-
-
-@contextlib.contextmanager
-def track_dequantized(model: nn.Module) -> Iterator[DequantStats]:
-    """Count the dequantized copies made inside the block (live/peak bytes, weakrefs to each)."""
-    st = _state(model)
-    st.stats = DequantStats()
-    try:
-        yield st.stats
-    finally:
-        st.stats = None

@@ -1,0 +1,187 @@
+"""The federated run's configuration: ``[fed]`` (the maths), ``[task]`` (model + data), ``[run]`` (records).
+
+One schema everywhere (`fedasr.config` loads it): TOML files (``configs/*.toml``), ``pyproject.toml``'s
+``[tool.flwr.app.config]`` (Flower's run config, as dotted keys), papermill parameters and the messages the
+server sends each client (`fed_to_flat`). The paper's device techniques are nested tables whose
+dataclasses are the ones the methods use::
+
+    [fed]                       FedConfig: strategy, rounds, sampling, optimizers, WCA, Mixed FL
+    [fed.transport.download]    compression.CodecConfig   (paper §2.3 transport compression)
+    [fed.transport.upload]      compression.CodecConfig
+    [fed.omc]                   omc.OMCConfig             (paper §2.4.1 Online Model Compression)
+    [fed.partial]               partial.PartialConfig     (paper §2.4.2 partial model training)
+
+Keys of the first wave's flat schema (``fed.omc-bits``, ``fed.upload-codec``, ``fed.partial-policy``, ...)
+fail with a message naming their new key (`FedConfig.__renamed__`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from fedasr import config as config_lib
+from fedasr.compression import TransportConfig
+from fedasr.omc import OMCConfig
+from fedasr.partial import PartialConfig
+from fedasr.refinement import WCAMethod
+
+__all__ = ["FedConfig", "TaskSpec", "RunSpec", "FederatedConfig", "FEDERATED_TABLES", "config_from_run_config",
+           "fed_to_flat", "fed_from_flat"]
+
+
+@dataclass
+class FedConfig:
+    """Federated optimisation knobs (``[fed]`` table; ``fed.*`` keys in Flower's run config)."""
+
+    # old flat key → its nested key (a retired key fails naming the new one; fedasr.config.from_dict)
+    __renamed__: ClassVar[dict[str, str]] = {
+        "download-codec": "transport.download.name",
+        "upload-codec": "transport.upload.name",
+        "upload-symmetric": "transport.upload.symmetric",
+        "upload-lossless": "transport.upload.lossless",
+        "omc-bits": "omc.bits",
+        "omc-transform": "omc.transform",
+        "omc-fp32-fraction": "omc.fp32-fraction",
+        "omc-rounding": "omc.rounding",
+        "partial-policy": "partial.policy",
+        "partial-top-k": "partial.top-k",
+        "partial-train-head": "partial.train-head",
+        "partial-fraction": "partial.fraction",
+        "partial-unit": "partial.unit",
+        "partial-budget-mib": "partial.budget-mib",
+        "partial-budget-margin": "partial.budget-margin",
+    }
+
+    strategy: Literal["fedsgd", "fedavg"] = "fedsgd"  # paper's baseline is FedSGD (§2.3)
+    num_rounds: int = 3  # server rounds to run in total (a resumed run continues up to this)
+    clients_per_round: int = 2  # K sampled clients per round (without replacement)
+    min_successful_clients: int = 1  # fewer successful replies → round skipped (weights unchanged)
+    micro_batch: int = 8  # utterances per forward/backward; FedSGD: memory only, FedAvg: local step size
+    local_epochs: int = 1  # FedAvg: local passes over the client's data (ignored by FedSGD)
+    client_optimizer: Literal["sgd", "adam"] = "sgd"  # FedAvg local optimizer (FedSGD has none: §2.3)
+    client_lr: float = 0.05  # FedAvg local learning rate
+    client_grad_clip: float = 0.0  # FedAvg: clip each local step's gradient norm to this (0 = off)
+    server_optimizer: Literal["sgd", "adam"] = "sgd"  # applied to G_t (FedSGD) or −Δ̄ (FedAvg)
+    server_lr: float = 1.0  # FedSGD: the step size η; FedAvg: 1.0 + sgd + momentum 0 = plain FedAvg
+    server_momentum: float = 0.0  # server SGD momentum (FedAvgM when > 0 with FedAvg)
+    server_beta1: float = 0.9  # server Adam β1
+    server_beta2: float = 0.999  # server Adam β2
+    server_eps: float = 1e-8  # server Adam ε (FedOpt's τ; 1e-3 is common for FedAdam)
+    eval_every: int = 1  # server-side evaluation every k rounds (+ round 0 and the last); 0 = never
+    round_timeout_s: float = 600.0  # replies later than this are counted as failed ("timeout")
+    seed: int = 0  # client sampling uses (seed, round); client seeds use (seed, round, client_id)
+    node_data: Literal["shared", "partitioned"] = "shared"  # who hosts which client: see `strategies`
+    allow_partial_updates: bool = False  # True: a client may send a subset of the trainable variables
+    checkpoint_every: int = 1  # write the server checkpoint every k rounds (and after the last)
+    min_nodes: int = 1  # wait for this many connected SuperNodes before the first round
+    node_wait_s: float = 120.0  # ... for at most this long (then fail with a clear error)
+    weighting: WCAMethod = "examples"  # aggregation weights a_i: "examples" (n_i, FedAvg) or a WCA method
+    #   computed from client-sent statistics (paper §2.5; fedasr.refinement.wca_weights)
+    wca_buckets: int = 1024  # size of the hashed corrected-word histogram clients send for WCA
+    wca_power: float = 1.0  # γ sharpening the WCA score (0 = plain n_i)
+    # Mixed FL (paper §1: FL "combined with centralized server training under a joint training framework";
+    # Augenstein et al. 2022; paper.md open question 17 on forgetting): each round the server also computes
+    # the same kind of update on ``central_examples`` utterances of its own proxy data (task.central_batches)
+    # and steps on (1 - α)·aggregate + α·central. 0 = plain FL; 1 = the central-only control.
+    central_mix: float = 0.0  # α
+    central_examples: int = 64  # server-side proxy utterances per round (a fresh seeded sample each round)
+    # Transport compression (paper §2.3; fedasr.compression): a codec per direction. "none" = fp32 arrays
+    # exactly as without compression; anything else travels as `compression.to_arrays` arrays + a description.
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    # Online Model Compression on the client (paper §2.4.1; fedasr.omc): the client stores its weight matrices
+    # quantized and the download travels in that storage format (it replaces transport.download). bits 0 = off.
+    omc: OMCConfig = field(default_factory=lambda: OMCConfig(bits=0))
+    # Partial model training (paper §2.4.2; fedasr.partial): which variables each client trains and uploads.
+    # The random policy draws from (seed, round, client); the budget policy's round shape comes from the
+    # client's own data and its budget from partial.budget-mib or the client's device tier.
+    partial: PartialConfig = field(default_factory=PartialConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_rounds < 0 or self.clients_per_round < 1 or self.min_successful_clients < 1:
+            raise ValueError("num-rounds must be >= 0, clients-per-round and min-successful-clients >= 1")
+        if self.micro_batch < 1 or self.local_epochs < 1:
+            raise ValueError("micro-batch and local-epochs must be >= 1")
+        if self.round_timeout_s <= 0:
+            raise ValueError("round-timeout-s must be > 0")
+        if not 0.0 <= self.central_mix <= 1.0 or self.central_examples < 1:
+            raise ValueError("central-mix must be in [0, 1] and central-examples >= 1")
+        if self.omc.enabled:
+            if self.transport.download.name != "none":
+                raise ValueError(f"omc.bits = {self.omc.bits}: the download travels in the OMC storage format, so "
+                                 f"transport.download.name must be 'none' (got {self.transport.download.name!r})")
+            if self.strategy == "fedavg" and self.client_optimizer != "sgd":
+                raise ValueError("OMC with FedAvg re-quantizes after each local SGD step (omc.sgd_step): "
+                                 f"client-optimizer must be 'sgd', got {self.client_optimizer!r}")
+
+    @property
+    def partial_updates(self) -> bool:
+        """True when a client may upload a subset of the trainable variables (partial training or opted in)."""
+        return self.allow_partial_updates or self.partial.enabled
+
+    @property
+    def compress_download(self) -> bool:
+        """True when the download travels encoded (a codec, or the OMC storage format; otherwise the fp32
+        ArrayRecord, as without compression)."""
+        return self.transport.download.name != "none" or self.omc.enabled
+
+
+@dataclass
+class TaskSpec:
+    """Which task to build, from config values alone (so `flwr run` / SuperNodes can rebuild it)."""
+
+    name: str = "toy"  # a key of `fedasr.federated.task.TASKS` or "package.module:factory"
+    params: dict = field(default_factory=dict)  # passed to the factory, which validates its own keys
+
+
+@dataclass
+class RunSpec:
+    """Where the run's records go (``results/<experiment>/<run-id>/``)."""
+
+    experiment: str = "federated"  # results sub-folder
+    run_id: str = ""  # "" → UTC timestamp chosen when the run starts
+    results_root: str = "results"  # relative to the ServerApp's working directory
+    resume: bool = False  # continue from the run folder's checkpoint (same run-id) instead of starting anew
+
+
+@dataclass
+class FederatedConfig:
+    """Everything one federated run needs: ``fed`` (maths), ``task`` (model + data), ``run`` (records)."""
+
+    fed: FedConfig = field(default_factory=FedConfig)
+    task: TaskSpec = field(default_factory=TaskSpec)
+    run: RunSpec = field(default_factory=RunSpec)
+
+
+FEDERATED_TABLES = ("fed", "task", "run")
+
+
+def config_from_run_config(run_config: Mapping[str, Any]) -> FederatedConfig:
+    """Build a `FederatedConfig` from Flower's flat ``context.run_config`` (``flwr run`` / SuperNodes).
+
+    ``fed.*``, ``task.*`` and ``run.*`` keys are parsed by `fedasr.config.from_run_config` (unknown keys
+    fail, naming the key). Keys of any other top-level table (e.g. ``model.preset``) are handed to the
+    task inside ``task.params`` (``{"model": {"preset": ...}}``), where the task's own config validates
+    them, so a task can keep its knobs in their own ``[tool.flwr.app.config.<table>]``.
+    """
+    ours = {k: v for k, v in run_config.items() if k.split(".", 1)[0] in FEDERATED_TABLES}
+    cfg = config_lib.from_run_config(FederatedConfig, ours)
+    extra = {k: v for k, v in run_config.items() if k.split(".", 1)[0] not in FEDERATED_TABLES}
+    for key, value in extra.items():
+        node = cfg.task.params
+        *tables, leaf = key.split(".")
+        for t in tables:
+            node = node.setdefault(t, {})
+        node[leaf] = value
+    return cfg
+
+
+def fed_to_flat(fed: FedConfig) -> dict[str, Any]:
+    """Return ``fed`` as flat ``{"fed.<dotted.kebab-key>": value}`` (what the server sends in a ConfigRecord)."""
+    return config_lib.flatten({"fed": config_lib.to_dict(fed)})
+
+
+def fed_from_flat(flat: Mapping[str, Any]) -> FedConfig:
+    """Rebuild a `FedConfig` from the ``fed.*`` entries of a flat mapping (other keys are ignored)."""
+    return config_lib.from_run_config(FederatedConfig, {k: v for k, v in flat.items() if k.startswith("fed.")}).fed

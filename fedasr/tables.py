@@ -1,0 +1,198 @@
+"""Markdown tables of the results under ``results/`` (the README's results block and the notebooks).
+
+Every number in a table comes from a run's JSON (STYLE: results are files, tables are views of them).
+Each function takes a results root (default: the repository's ``results/``) and, where a notebook may
+point elsewhere, the experiment's folder name under it, and returns markdown lines (empty, or a one-line
+note, when the run has not been made yet)::
+
+    seed_table            central pretraining (paper §2.1; results/seed, results/seed-full)
+    step_table            one training step's cost per model preset (results/bench/asr_step.json)
+    federated_table       FedSGD vs FedAvg from the seed (§2.3; notebook 02)
+    efficiency_table      device budget of one client round, technique by technique (§2.3–2.4; notebook 03)
+    quality_cost_table    WER cost of those techniques in real FL at small scale (notebook 03)
+    quality_table         quality from user corrections (§2.5; notebook 04)
+    results_markdown      all of the above: the README's results block (tools/readme_results.py)
+
+In a notebook: ``display(Markdown("\\n".join(tables.efficiency_table())))``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from fedasr.results import REPO_ROOT
+
+__all__ = ["RESULTS", "seed_table", "step_table", "federated_table", "efficiency_table", "quality_cost_table",
+           "quality_table", "results_markdown"]
+
+RESULTS = REPO_ROOT / "results"
+MiB = 2**20
+FOOTNOTE = ("All training speech is synthetic (TTS); WER is greedy decoding without a language model, so a "
+            "character model's word errors stay high where its CER is moderate.")
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _where(path: Path) -> str:
+    """``path`` as the tables name it: relative to the repository root where it lies inside it."""
+    try:
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _read(root: str | Path, experiment: str, *files: str) -> tuple[Any, ...]:
+    """``(folder, *loaded files)`` of ``<root>/<experiment>/`` (a missing file loads as None)."""
+    folder = Path(root) / experiment
+    return (folder, *(_load(folder / f) for f in files))
+
+
+def _table(caption: str, columns: Sequence[str]) -> list[str]:
+    """A blank line, the caption, a blank line and a markdown table header with ``columns``."""
+    return ["", caption, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def seed_table(root: str | Path = RESULTS) -> list[str]:
+    """The seed models (quick and full profile): size, training budget, WER/CER per test set."""
+    root = Path(root)
+    runs = {p: _load(root / d / "summary.json") for p, d in (("quick", "seed"), ("full", "seed-full"))}
+    runs = {p: s for p, s in runs.items() if s}
+    if not runs:
+        return ["*No seed run yet (`make seed`).*"]
+    out = []
+    for profile, s in runs.items():
+        folder = "seed" if profile == "quick" else "seed-full"
+        out += [""] if out else []
+        out.append(f"**Seed model, {profile} profile** (`{_where(root / folder / 'summary.json')}`): `{s['preset']}` "
+                   f"preset, {s['head'].upper()} over {s['units']} units, {s['params'] / 1e6:.2f}M parameters, "
+                   f"{s['train_seconds'] / 60:.0f} CPU-minutes on {s['workers']} processes ({s['steps']} steps) on "
+                   f"`{s['corpus']}`, proxy domain only.")
+    cols = list(runs)
+    out += ["", "| test set | " + " | ".join(f"WER {p} | CER {p}" for p in cols) + " |",
+            "|---|" + "---|---|" * len(cols)]
+    for label, key, cer in (("proxy (server domain)", "proxy", True), ("user domain, unseen users", "user", True),
+                            ("user domain, new terms (client names/places)", "new_terms", False),
+                            ("user domain, no new terms", "user_no_terms", False),
+                            ("real speech (Asterisk, 1 speaker)", "real", True)):
+        cells = [f"{_pct(s['wer'].get(key))} | {_pct(s['cer'].get(key)) if cer else ''}" for s in runs.values()]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out
+
+
+def step_table(root: str | Path = RESULTS) -> list[str]:
+    """One fwd+bwd training step per preset (`bench/asr_step.py`): time, peak RSS, FLOPs, FLOP-rate ratio."""
+    path = Path(root) / "bench" / "asr_step.json"
+    rows = _load(path)
+    if not rows:
+        return []
+    r0 = rows[0]
+    out = _table(f"**One training step, fwd+bwd** (`{_where(path)}`, `bench/asr_step.py`; batch "
+           f"{r0['batch_size']} × {r0['audio_seconds']:g} s, {r0['target_tokens']} tokens, 1 torch thread; FLOP rate = "
+           "counted matmul/conv FLOPs per second ÷ a 1024² fp32 matmul's rate measured in the same process; "
+           "target for `paper` ≥ 0.6):", ("preset", "parameters", "step s", "peak RSS GiB", "GFLOP/step",
+                                          "FLOP-rate ratio", "load (1 min)"))
+    for r in rows:
+        out.append(f"| {r['preset']} | {r['params'] / 1e6:.1f}M | {r['step_seconds']:.2f} | "
+                   f"{r['peak_rss_bytes'] / 2**30:.2f} | {r['flops_per_step'] / 1e9:.0f} | {r['flop_rate_ratio']:.2f} | "
+                   f"{r.get('loadavg_1min', float('nan')):.2f} |")
+    return out
+
+
+def federated_table(root: str | Path = RESULTS, experiment: str = "federated") -> list[str]:
+    """Federated variants from the seed (``<root>/<experiment>/summary.json``): WER start → end, bytes, failures."""
+    folder = Path(root) / experiment
+    s = _load(folder / "summary.json")
+    if not s:
+        return []
+    out = _table("**Federated training from the seed, labels = the seed's own hypotheses** "
+                 f"(`{_where(folder)}/`, notebook 02; server-side evaluation on the first 300 utterances of each test "
+                 "set):", ("variant", "rounds", "user WER (start → end)", "user CER", "proxy WER", "MiB down+up",
+                           "failed clients"))
+    for r in s["variants"]:
+        i, f = r["initial"] or {}, r["final"] or {}
+        out.append(f"| {r['variant']} | {r['rounds']} | {_pct(i.get('wer_user'))} → {_pct(f.get('wer_user'))} | "
+                   f"{_pct(i.get('cer_user'))} → {_pct(f.get('cer_user'))} | {_pct(i.get('wer_proxy'))} → "
+                   f"{_pct(f.get('wer_proxy'))} | {(r['bytes_down'] + r['bytes_up']) / MiB:.0f} | {r['clients_failed']} |")
+    return out
+
+
+def efficiency_table(root: str | Path = RESULTS, experiment: str = "efficiency") -> list[str]:
+    """The device-budget rows (`fedasr.efficiency`: ``memory.json``) and P1–P3 (``summary.json``)."""
+    folder, rows, s = _read(root, experiment, "memory.json", "summary.json")
+    if not rows:
+        return []
+    out = _table(f"**Device budget of one client round, `{rows[0]['preset']}` preset ({rows[0]['params'] / 1e6:.1f}M "
+                 f"parameters), each row adds one technique** (`{_where(folder)}/`, notebook 03; peak = VmHWM of a "
+                 "fresh process minus its baseline):",
+                 ("stack", "measured peak MiB", "analytic MiB", "download MiB", "upload MiB", "step s"))
+    for r in rows:
+        out.append(f"| {r['stack']} | {r['peak_rss_bytes'] / MiB:.0f} | {r['analytic']['peak'] / MiB:.0f} | "
+                   f"{r['download_bytes'] / MiB:.1f} | {r['upload_bytes'] / MiB:.1f} | {r['step_seconds']:.1f} |")
+    if s:
+        met = s.get("met", {})
+        p2 = s.get("P2", {})
+        q = p2.get("quality") or {}
+        p2_text = (f"P2 transport ratio {p2.get('transport_ratio') or float('nan'):.3f} for the `{p2.get('row')}` row "
+                   f"(≤ 0.10) with user WER {100 * q['wer_user_rel']:+.1f}% vs {q.get('reference') or 'uncompressed'} "
+                   f"in real FL at small scale (`{q['variant']}`; limit +3%)" if q else "P2 quality not measured")
+        out += ["", f"P1 peak ratio {s['P1_peak_ratio']:.3f} (target ≤ 0.20: {'met' if met.get('P1') else 'not met'}); "
+                f"{p2_text}: {'met' if met.get('P2') else 'not met'}; the full stack with partial training sends "
+                f"{s['P2_transport_ratio']:.3f}; P3 step-time ratio {s['P3_step_time_ratio']:.2f} (≤ 1.3: "
+                f"{'met' if met.get('P3') else 'not met'})."]
+    return out
+
+
+def quality_cost_table(root: str | Path = RESULTS, experiment: str = "efficiency-quality") -> list[str]:
+    """The small-scale quality-cost variants (``summary.json`` of configs/efficiency/quality_cost.toml's runs)."""
+    folder = Path(root) / experiment
+    s = _load(folder / "summary.json")
+    if not s:
+        return []
+    out = _table(f"**Quality cost of the device-budget methods at small scale** (`{_where(folder)}/`, notebook 03; "
+                 "FedSGD, every row with the same oracle labels, server evaluation on the first 300 utterances):",
+                 ("variant", "rounds", "user WER (start → end)", f"vs {s.get('relative_to') or 'uncompressed'}",
+                  "proxy WER (end)", "MiB down", "MiB up", "bytes vs fp32"))
+    rel = {r["variant"]: r for r in s.get("relative", [])}
+    for r in s["variants"]:
+        i, f, x = r["initial"] or {}, r["final"] or {}, rel.get(r["variant"], {})
+        vs = f"{100 * x['wer_user_rel']:+.1f}%" if x else ""
+        ratio = f"{x['transport_ratio']:.3f}" if x else ""
+        out.append(f"| {r['variant']} | {r['rounds']} | {_pct(i.get('wer_user'))} → {_pct(f.get('wer_user'))} | {vs} | "
+                   f"{_pct(f.get('wer_proxy'))} | {r['bytes_down'] / MiB:.0f} | {r['bytes_up'] / MiB:.0f} | {ratio} |")
+    return out
+
+
+def quality_table(root: str | Path = RESULTS, experiment: str = "quality") -> list[str]:
+    """The user-corrections ablation (``wer.json``) and what the simulated users and the filter did."""
+    folder, rows, s = _read(root, experiment, "wer.json", "summary.json")
+    if not rows:
+        return []
+    out = _table(f"**Quality from simulated user corrections** (`{_where(folder / 'wer.json')}`, notebook 04; same "
+                 "seed, rounds, clients per round and simulated users in every row):",
+                 ("variant", "rounds", "user WER (unseen users)", "new-terms WER (seen users)", "proxy WER"))
+    for r in rows:
+        out.append(f"| {r['variant']} | {r['rounds']} | {_pct(r['wer_user'])} | {_pct(r['wer_new_terms'])} | "
+                   f"{_pct(r['wer_proxy'])} |")
+    if s:
+        c, f = s["corrections"], s["filter"]
+        out += ["", f"Simulated users corrected {c['corrected']} of {c['utterances']} utterances on "
+                f"{c['clients_with_corrections']} clients; {_pct(c.get('incorrect_rate'))} of corrections were not the "
+                f"reference. On-device filtering removed {_pct(f.get('wrong_removed'))} of wrong corrections and "
+                f"{_pct(f.get('incorrect_removed'))} of all incorrect ones, keeping {_pct(f.get('correct_kept'))} of the "
+                "right ones."]
+    return out
+
+
+def results_markdown(root: str | Path = RESULTS) -> str:
+    """Every table above, in the README's order, with the synthetic-speech footnote."""
+    lines = ["", *seed_table(root), *step_table(root), *federated_table(root), *efficiency_table(root),
+             *quality_cost_table(root), *quality_table(root), "", FOOTNOTE]
+    return "\n".join(lines)
