@@ -49,6 +49,7 @@ import torch
 
 from fedasr import compression, memory, omc, partial, plotting
 from fedasr import config as config_lib
+from fedasr.clients import DEVICE_TIERS
 from fedasr.compression import CodecConfig, TransportConfig
 from fedasr.data import Batch
 from fedasr.federated.client_update import fedavg_client_update, fedsgd_client_update
@@ -426,8 +427,6 @@ def _p2_quality(cfg: EfficiencyConfig) -> dict[str, Any] | None:
 
 def budget_sweep(cfg: EfficiencyConfig, row: dict[str, Any]) -> list[dict[str, Any]]:
     """What ``cfg.partial`` trains, and its analytic peak, for fedasr.clients' tiers and ``partial.budget-mib``."""
-    from fedasr.clients import DEVICE_TIERS
-
     common = {"seconds": cfg.seconds, "tokens": cfg.tokens, "utterances": cfg.utterances}
     skel = _skeleton(cfg.preset, row)
     out = []

@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from fedasr.config import to_dict
+
 __all__ = [
     "REPO_ROOT",
     "RunDir",
@@ -51,8 +53,6 @@ TRACKED_PACKAGES = (
 
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        from fedasr.config import to_dict
-
         return to_dict(obj)
     if isinstance(obj, Path):
         return str(obj)

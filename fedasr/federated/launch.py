@@ -56,7 +56,7 @@ from pathlib import Path
 import psutil
 
 from fedasr import results
-from fedasr.config import flatten, to_dict
+from fedasr.config import ConfigError, flatten, load, parse_overrides, to_dict
 from fedasr.federated.config import FederatedConfig
 from fedasr.federated.task import FederatedTask
 from fedasr.ports import free_port
@@ -111,6 +111,7 @@ def run_simulation(cfg: FederatedConfig, task_factory: Callable[[], FederatedTas
         concurrency: clients trained at once (Ray CPUs; each client gets 1 CPU and 1 torch thread).
         verbose: Flower's DEBUG logs.
     """
+    # Flower and the apps load here, not at import: launch's other engines and CLI run flwr as a subprocess
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     from fedasr.federated.client_app import make_client_app
@@ -380,8 +381,6 @@ def run_deployment_local(cfg: FederatedConfig, n_supernodes: int = 2, *, app_dir
 def cli_main(argv: Sequence[str] | None = None) -> results.RunDir:
     """Run one federated experiment from the command line and print its run folder."""
     import argparse
-
-    from fedasr.config import ConfigError, load, parse_overrides
 
     ap = argparse.ArgumentParser(prog="python -m fedasr.federated.launch", description=__doc__.split("\n\n")[0])
     ap.add_argument("engine", choices=["simulation", "flwr", "deployment"],
