@@ -32,11 +32,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tqdm import tqdm
 
 from fedasr import config as config_lib
 from fedasr import data as data_lib
-from fedasr import features as feats_lib
 from fedasr import decoding, metrics, results
+from fedasr import features as feats_lib
 from fedasr.model import ASRModel, ModelConfig, build_model, count_parameters, model_config
 from fedasr.ports import free_port
 from fedasr.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, build_tokenizer, load_tokenizer
@@ -272,8 +273,6 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
     window, window_t = Counter(), time.time()  # summed loss, utterances and tokens since the last logged row
     bar = None
     if rank == 0:
-        from tqdm.auto import tqdm
-
         if tcfg.max_steps:  # a step budget (deterministic); max-minutes is then a guard
             bar = tqdm(total=tcfg.max_steps, unit="step", desc="seed training", initial=step)
         else:

@@ -143,6 +143,7 @@ class RunSpec:
     run_id: str = ""  # "" → UTC timestamp chosen when the run starts
     results_root: str = "results"  # relative to the ServerApp's working directory
     resume: bool = False  # continue from the run folder's checkpoint (same run-id) instead of starting anew
+    progress: bool = True  # a text progress bar over rounds (stderr) with the latest loss and WER
 
 
 @dataclass

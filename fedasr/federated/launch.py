@@ -42,14 +42,16 @@ path) no ``--node-config`` is needed.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -61,8 +63,8 @@ from fedasr.federated.config import FederatedConfig
 from fedasr.federated.task import FederatedTask
 from fedasr.ports import free_port
 
-__all__ = ["FLWR_ENV", "run_simulation", "run_flwr_local", "run_deployment_local", "run_config_args", "cli_main",
-           "free_port"]
+__all__ = ["FLWR_ENV", "flower_log", "run_simulation", "run_flwr_local", "run_deployment_local", "run_config_args",
+           "cli_main", "free_port"]
 
 # Wherever flwr runs (DESIGN §4): no dependency installs, no telemetry, no update checks (no network);
 # one BLAS thread per process (DESIGN §6).
@@ -73,6 +75,7 @@ FLWR_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # Ray's future default, set now (silences its FutureWarning)
 }
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # flwr, flower-superlink, flower-supernode of this environment
@@ -110,6 +113,15 @@ def run_simulation(cfg: FederatedConfig, task_factory: Callable[[], FederatedTas
             population (≥ 500 clients) does not need one node each.
         concurrency: clients trained at once (Ray CPUs; each client gets 1 CPU and 1 torch thread).
         verbose: Flower's DEBUG logs.
+
+    Flower's log lines go to ``<results-root>/<experiment>/logs/<run-id>.log`` (`flower_log`), not the
+    console: the console (or notebook) shows the server's progress bar over rounds. Ray's worker output
+    stays in Ray's session logs; a client that fails is recorded with its reason in ``rounds.jsonl``.
+
+    Why ``flwr.simulation.run_simulation``, which Flower 1.42 marks deprecated in favour of ``flwr run``:
+    in-process, the apps close over the resolved config and an optional task factory, and an error surfaces
+    in the calling cell. ``flwr run`` on a local simulation connection (`run_flwr_local`, tested) is its
+    replacement and runs the same apps from ``run_config``; notebooks move to it when Flower removes this one.
     """
     # Flower and the apps load here, not at import: launch's other engines and CLI run flwr as a subprocess
     from flwr.simulation import run_simulation as flwr_run_simulation
@@ -122,11 +134,33 @@ def run_simulation(cfg: FederatedConfig, task_factory: Callable[[], FederatedTas
     nodes = num_supernodes or cfg.fed.clients_per_round
     backend_config = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                       "init_args": {"num_cpus": concurrency, "num_gpus": 0, "logging_level": "ERROR",
-                                    "log_to_driver": True}}
-    flwr_run_simulation(server_app=make_server_app(cfg, task_factory),
-                        client_app=make_client_app(cfg, task_factory),
-                        num_supernodes=nodes, backend_config=backend_config, verbose_logging=verbose)
+                                    "log_to_driver": False}}
+    with flower_log(Path(cfg.run.results_root) / cfg.run.experiment / "logs" / f"{cfg.run.run_id}.log"):
+        flwr_run_simulation(server_app=make_server_app(cfg, task_factory),
+                            client_app=make_client_app(cfg, task_factory),
+                            num_supernodes=nodes, backend_config=backend_config, verbose_logging=verbose)
     return _finished_run(cfg)
+
+
+@contextlib.contextmanager
+def flower_log(path: Path) -> Iterator[Path]:
+    """Send Flower's logger (``flwr``) to the file ``path`` instead of the console while the block runs."""
+    logger = logging.getLogger("flwr")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    consoles = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
+                and not isinstance(h, logging.FileHandler)]
+    for h in consoles:
+        logger.removeHandler(h)
+    logger.addHandler(handler)
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        for h in consoles:
+            logger.addHandler(h)
 
 
 # ---------------------------------------------------------------------------------------------------

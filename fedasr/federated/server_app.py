@@ -26,6 +26,7 @@ import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
+from tqdm import tqdm
 
 from fedasr import omc, results
 from fedasr.federated.checkpoint import load_checkpoint, save_checkpoint
@@ -94,9 +95,15 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
         model.load_state_dict(arrays.to_torch_state_dict())
         return MetricRecord({k: float(v) for k, v in task.evaluate(model).items()})
 
+    bar = tqdm(total=fed.num_rounds, initial=start_round - 1, unit="round", desc=f"{cfg.run.experiment}/{run_id}",
+               disable=not cfg.run.progress, mininterval=1.0, dynamic_ncols=True)
+
     def on_round_end(server_round: int, arrays: ArrayRecord, record: dict) -> None:
-        """Append the round's record and write the checkpoint when due."""
+        """Append the round's record, write the checkpoint when due and move the progress bar."""
         run.log_round(record)
+        if server_round > 0:
+            bar.set_postfix(_latest(record), refresh=False)
+            bar.update(1)
         due = fed.checkpoint_every > 0 and (server_round % fed.checkpoint_every == 0 or server_round == fed.num_rounds)
         if server_round > 0 and due:
             save_checkpoint(ckpt_file, strategy.weights, strategy.server_opt.state_dict(), server_round,
@@ -104,14 +111,26 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
 
     # Run the rounds
     t0 = time.perf_counter()
-    strategy.start(grid, ArrayRecord(weights), num_rounds=fed.num_rounds, timeout=fed.round_timeout_s,
-                   evaluate_fn=evaluate_fn, start_round=start_round, on_round_end=on_round_end)
+    try:
+        strategy.start(grid, ArrayRecord(weights), num_rounds=fed.num_rounds, timeout=fed.round_timeout_s,
+                       evaluate_fn=evaluate_fn, start_round=start_round, on_round_end=on_round_end)
+    finally:
+        bar.close()
     summary = summarize_rounds(run.rounds())
     summary.update(experiment=cfg.run.experiment, run_id=run_id, strategy=fed.strategy,
                    resumed_after_round=start_round - 1 if resume else None,
                    session_wall_s=time.perf_counter() - t0, checkpoint=str(ckpt_file))
     run.write_summary(summary)
     return run
+
+
+def _latest(record: dict) -> dict[str, str]:
+    """The progress bar's postfix: the round's status, training loss and evaluation metrics."""
+    out = {"status": str(record.get("status")), "ok": f"{record.get('num_succeeded', 0)}/{record.get('num_sampled', 0)}"}
+    if record.get("train_loss") is not None:
+        out["loss"] = f"{record['train_loss']:.3g}"
+    out.update({k: f"{v:.3f}" for k, v in (record.get("eval") or {}).items() if k.startswith("wer")})
+    return out
 
 
 def _reason_kind(why: str) -> str:
