@@ -7,6 +7,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= quick
 SEED    ?= 0
+TEACH_ROOT ?= /tmp/fedasr-teaching/results
 # the committed seed model is the quick profile's; other profiles train into their own folder
 SEED_DIR ?= $(if $(filter quick,$(PROFILE)),results/seed,results/seed-$(PROFILE))
 # one BLAS/torch thread per process: on 2 cores two threads under load run ~10x slower (DESIGN §6)
@@ -17,7 +18,9 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: help setup system-deps data summary seed efficiency smoke deployment-demo federated quality notebooks reproduce test test-all test-gpu clean-data
+.PHONY: help setup system-deps data summary seed seed-full efficiency efficiency-quality smoke deployment-demo \
+        federated quality quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
+        compare test test-all test-gpu clean-data
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -43,8 +46,15 @@ summary: data  ## corpus summary → results/data/<profile>_summary.json
 seed: data  ## seed model (central pretraining on proxy data); retrained only if config/corpus changed
 	$(PY) -m fedasr.train --config configs/seed/$(PROFILE).toml --out $(SEED_DIR) --if-stale
 
+seed-full: ## the full profile's seed model (60 CPU-minutes) → results/seed-full/
+	$(MAKE) seed PROFILE=full
+
 efficiency: setup  ## device-budget table at 129M (fresh process per row) → results/efficiency/
 	$(PY) bench/efficiency.py --config configs/efficiency/paper.toml
+
+efficiency-quality: seed  ## WER cost of the device-budget methods at small scale → results/efficiency-quality/
+	$(PY) -c "from fedasr import config, experiments as e; e.run_federated_experiment(config.load(e.FederatedExperiment, 'configs/efficiency/quality_cost.toml'))"
+	$(PY) bench/efficiency.py --config configs/efficiency/paper.toml --summarize-only
 
 smoke: setup  ## 2 rounds of the toy task on Flower's Simulation Engine (a minute)
 	$(PY) -m fedasr.federated.launch simulation --set fed.num-rounds=2 --set run.experiment='"smoke"'
@@ -58,6 +68,31 @@ federated: seed  ## FedSGD vs FedAvg on the user domain from the seed (configs/f
 quality: seed  ## the user-corrections ablation → results/quality/wer.json (configs/quality/$(PROFILE).toml)
 	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/$(PROFILE).toml'))"
 
+quality-mixing: seed  ## Mixed FL's α screen (configs/quality/mixing.toml) → results/quality-mixing/
+	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/mixing.toml'))"
+
+quality-lr: seed  ## server learning-rate screen (configs/quality/lr.toml) → results/quality-lr/
+	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/lr.toml'))"
+
+bench: setup  ## one fwd+bwd step per preset, and federation overhead → results/bench/
+	$(PY) bench/asr_step.py --out results/bench/asr_step.json
+	$(PY) bench/federation.py
+
+# The seed-recipe screens that are plain overrides of configs/seed/quick.toml on the current corpus
+# (results/seed-screens/README.md also lists earlier screens made on corpora that no longer exist).
+seed-screens: data  ## rerun the seed-recipe screens (10 CPU-minutes each) → results/seed-screens/<name>/
+	$(PY) -m fedasr.train --config configs/seed/quick.toml --out results/seed-screens/quick_constant1e-3 --set 'train.lr-schedule="constant"' train.peak-lr=1e-3 'eval-splits=["proxy_test"]'
+	$(PY) -m fedasr.train --config configs/seed/quick.toml --out results/seed-screens/quick_constant2e-3 --set 'train.lr-schedule="constant"' train.peak-lr=2e-3 'eval-splits=["proxy_test"]'
+	$(PY) -m fedasr.train --config configs/seed/quick.toml --out results/seed-screens/quick_cooldown0.5 --set train.cooldown-fraction=0.5 'eval-splits=["proxy_test"]'
+	$(PY) -m fedasr.train --config configs/seed/quick.toml --out results/seed-screens/quick_constant1e-3_batch10s --set 'train.lr-schedule="constant"' train.peak-lr=1e-3 train.batch-seconds=10.0
+	$(PY) -m fedasr.train --config configs/seed/quick.toml --out results/seed-screens/quick_constant1e-3_batch25s --set 'train.lr-schedule="constant"' train.peak-lr=1e-3 train.batch-seconds=25.0
+
+lab: setup  ## JupyterLab on the project's environment: http://127.0.0.1:8888/lab?token=fedasr
+	$(VENV)/bin/jupyter lab --no-browser --ip 127.0.0.1 --port 8888 --IdentityProvider.token=fedasr --notebook-dir . $(if $(filter 0,$(shell id -u)),--allow-root)
+
+compare:  ## list what differs between two results trees: make compare A=results B=/tmp/other/results
+	$(PY) tools/compare_results.py $(A) $(B)
+
 readme-results:  ## rewrite README's results block from results/*.json
 	$(PY) tools/readme_results.py
 
@@ -70,8 +105,12 @@ notebooks: setup  ## execute every notebook with papermill → results/notebooks
 	  $(PY) -m papermill --cwd . notebooks/$$nb results/notebooks/$$nb --log-output $(PM_FLAGS) || exit 1; \
 	done
 
-reproduce: setup data summary seed notebooks  ## the main job: everything from a fresh clone (quick profile, CPU)
-	@echo "reproduce: done — see results/"
+reproduce: setup  ## the main job: corpus, seed, every notebook (quick profile, CPU) → results/reproduce.json
+	$(PY) tools/reproduce.py --profile $(PROFILE)
+
+reproduce-teaching: setup  ## every notebook at its teaching size (minutes) into $(TEACH_ROOT)/reproduce.json
+	$(MAKE) data PROFILE=tiny
+	$(PY) tools/reproduce.py --profile tiny --size teaching --results-root $(TEACH_ROOT) --skip-steps
 
 test: setup  ## the default test suite (CPU, < 15 min on 2 cores)
 	$(PY) -m pytest -m "not slow and not gpu" -q

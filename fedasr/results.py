@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -40,6 +41,8 @@ __all__ = [
     "read_jsonl",
     "environment_info",
     "git_commit",
+    "relative_to_repo",
+    "compare_trees",
 ]
 
 # The repository root: notebooks chdir here so every path in configs is relative to one place.
@@ -51,11 +54,20 @@ TRACKED_PACKAGES = (
 )
 
 
+_ROOT_PREFIX = str(REPO_ROOT) + os.sep
+
+
+def relative_to_repo(text: str) -> str:
+    """``text`` with every absolute path inside the repository written relative to it (results must not
+    depend on where the checkout lives: two machines' runs of one config give the same JSON)."""
+    return text.replace(_ROOT_PREFIX, "") if _ROOT_PREFIX in text else text
+
+
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_dict(obj)
-    if isinstance(obj, Path):
-        return str(obj)
+        return _jsonable(to_dict(obj))
+    if isinstance(obj, (str, Path)):
+        return relative_to_repo(str(obj))
     if isinstance(obj, float) and not math.isfinite(obj):
         return None  # JSON has no NaN/Inf; None marks "not a number" explicitly
     if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
@@ -197,6 +209,14 @@ def new_run(experiment: str, config: Any, results_root: str | Path = "results", 
     return open_run(Path(results_root) / experiment / run_id, experiment, config, resume=resume)
 
 
+def _command() -> list[str]:
+    """The command that started this process; a Jupyter kernel (papermill, JupyterLab) is named as such, without
+    its per-session connection file."""
+    if sys.argv and Path(sys.argv[0]).name == "ipykernel_launcher.py":
+        return ["ipykernel (a notebook)"]
+    return list(sys.argv)
+
+
 def open_run(path: str | Path, experiment: str, config: Any, resume: bool = False) -> RunDir:
     """Create the run folder ``path`` and write its ``config.json``.
 
@@ -215,8 +235,50 @@ def open_run(path: str | Path, experiment: str, config: Any, resume: bool = Fals
         "experiment": experiment,
         "run_id": path.name,
         "config": config,
-        "command": sys.argv,
+        "command": _command(),
         "git_commit": git_commit(),
         "environment": environment_info(),
     })
     return run
+
+
+# Fields that differ between two runs of the same config by nature: wall-clock times and measured resources
+# (peak RSS, page-cache growth, machine load). Everything else in results JSON must be identical.
+VOLATILE_KEY = re.compile(r"(_s|-s|_s_total|_seconds|_seconds_runs|_s_runs)$|^(seconds|loadavg_1min)$"
+                          r"|rss|vmhwm|hwm_|flop_rate")
+
+
+def _walk(a: Any, b: Any, where: str, out: list[str], volatile: re.Pattern) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if volatile.search(str(k)):
+                continue
+            if k not in a or k not in b:
+                out.append(f"{where}.{k}: only in {'second' if k not in a else 'first'}")
+            else:
+                _walk(a[k], b[k], f"{where}.{k}", out, volatile)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            _walk(x, y, f"{where}[{i}]", out, volatile)
+    elif a != b:
+        out.append(f"{where}: {json.dumps(a)[:80]} != {json.dumps(b)[:80]}")
+
+
+def compare_trees(first: str | Path, second: str | Path, volatile: re.Pattern = VOLATILE_KEY) -> list[str]:
+    """Compare every ``*.json`` / ``*.jsonl`` file of two results trees; return one line per difference.
+
+    A line is ``<file>:<key path>: <first> != <second>``, or names a file or key present on one side only.
+    Keys matching ``volatile`` (wall-clock times, measured memory, machine load) are skipped.
+    """
+    first, second = Path(first), Path(second)
+    files = {p.relative_to(root) for root in (first, second) for p in root.rglob("*.json*")
+             if p.suffix in (".json", ".jsonl") and "logs" not in p.parts}
+    out: list[str] = []
+    for rel in sorted(files):
+        a, b = first / rel, second / rel
+        if not a.exists() or not b.exists():
+            out.append(f"{rel}: only in {'second' if not a.exists() else 'first'}")
+            continue
+        load = read_jsonl if rel.suffix == ".jsonl" else read_json
+        _walk(load(a), load(b), str(rel), out, volatile)
+    return out

@@ -52,3 +52,23 @@ def test_write_jsonl_round_trips_and_keeps_text_readable(tmp_path):
     assert results.read_jsonl(path) == [{**rows[0], "x": None}, rows[1]]
     assert "café" in path.read_text() and '"id": "u1", "label"' in path.read_text()  # raw UTF-8, sorted keys
     assert "caf\\u00e9" in results.write_jsonl(tmp_path / "a.jsonl", rows).read_text()  # ensure_ascii default
+
+
+def test_results_record_repository_paths_relative_to_it(tmp_path):
+    inside = results.REPO_ROOT / "data" / "quick" / "x.flac"
+    path = results.write_json(tmp_path / "a.json", {"p": inside, "s": f"error in {inside}", "out": str(tmp_path)})
+    got = results.read_json(path)
+    assert got == {"p": "data/quick/x.flac", "s": "error in data/quick/x.flac", "out": str(tmp_path)}
+
+
+def test_compare_trees_lists_real_differences_and_skips_timings(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, wer, wall in ((a, 0.5, 1.0), (b, 0.5, 9.0)):
+        results.write_json(root / "exp" / "summary.json", {"final": {"wer_user": wer}, "wall_s_total": wall,
+                                                          "peak_rss_bytes": wall * 100})
+        results.append_jsonl(root / "exp" / "rounds.jsonl", {"round": 1, "train_s": wall, "loss": 2.0})
+    assert results.compare_trees(a, b) == []  # only wall-clock times and measured memory differ
+    results.write_json(b / "exp" / "summary.json", {"final": {"wer_user": 0.6}, "wall_s_total": 1.0})
+    results.write_json(b / "extra.json", {})
+    diffs = results.compare_trees(a, b)
+    assert diffs == ["exp/summary.json.final.wer_user: 0.5 != 0.6", "extra.json: only in second"]

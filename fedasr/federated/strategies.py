@@ -23,8 +23,8 @@ that sent it (the server optimizer leaves the others untouched).
 Online Model Compression (``fed.omc``): the download is the clients' OMC storage format
 (`omc.encode_state` over the variables `omc.select_quantized` picks, which the ServerApp passes in), and
 the server keeps fp32 weights. Mixed FL (``fed.central-mix``): after aggregating, the server mixes in an
-update on its own proxy data (``central_update``, `client_update.central_update`): ``(1 − α)·Ḡ + α·G_server``; if
-that fails the clients' aggregate is applied alone and the reason recorded.
+update on its own proxy data (``central_update``, `client_update.central_update`):
+``(1 − α)·Ḡ + α·G_server``; if that fails the clients' aggregate is applied alone and the reason recorded.
 
 Faults: an error reply (the ClientApp raised), a missing reply (timeout), or an update that
 `aggregation.validate_update` rejects (NaN/Inf, wrong shape, unknown or missing variable) excludes that client
@@ -150,7 +150,8 @@ class FedAsrStrategy(FedAvg):
         down_bytes = transport.payload_bytes(arrays)
         if self.fed.compress_download:  # one encoding per round (a codec or OMC codes), sent to every sampled client
             gen = torch.Generator().manual_seed(derive_seed("download", self.fed.seed, server_round))
-            enc, meta, down_bytes = transport.encode_download(arrays.to_torch_state_dict(), self.fed, self.omc_names, gen)
+            enc, meta, down_bytes = transport.encode_download(arrays.to_torch_state_dict(), self.fed, self.omc_names,
+                                                              gen)
             arrays = ArrayRecord({k: Array(v) for k, v in enc.items()})
             base[DOWNLOAD_META] = meta
         self._sent = []
@@ -187,7 +188,7 @@ class FedAsrStrategy(FedAvg):
         for _, cid in self._sent:
             if cid not in failed and all(u.client_id != cid for u in updates):
                 failed[cid] = "timeout"
-        self.record.update(succeeded=[u.client_id for u in updates], failed=failed, num_succeeded=len(updates),
+        self.record.update(succeeded=sorted(u.client_id for u in updates), failed=failed, num_succeeded=len(updates),
                            num_failed=len(failed), bytes_up=bytes_up, client_compute_s=compute_s,
                            slowest_client_s=max(compute_s.values(), default=None))
         for cid, why in failed.items():
