@@ -191,6 +191,34 @@ def quality_table(root: str | Path = RESULTS, experiment: str = "quality") -> li
     return out
 
 
+def time_table(root: str | Path = RESULTS, experiment: str = "quality") -> list[str]:
+    """Where the time of an experiment's runs goes, summed over rounds (``rounds.jsonl``): the clients' phase
+    (their compute, transport and the engine's scheduling), the clients' own compute, the server's update (with
+    Mixed FL's central update), server-side evaluation, and what no part accounts for (checkpoints, startup)."""
+    folder = Path(root) / experiment
+    runs = sorted(p.parent for p in folder.glob("*/rounds.jsonl"))
+    if not runs:
+        return []
+    out = _table(f"**Where the time goes** (`{_where(folder)}/*/rounds.jsonl`; seconds summed over rounds; client "
+                 "compute is the sum over clients, so it can exceed the clients' phase when clients run in parallel):",
+                 ("run", "rounds", "wall", "clients' phase", "client compute (sum / slowest)", "server update",
+                  "of which central", "evaluation", "other"))
+    for run in runs:
+        rows = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines() if x.strip()]
+        summary = _load(run / "summary.json") or {}
+        tot = {k: sum(r.get(k) or 0.0 for r in rows) for k in ("wall_s", "clients_s", "server_s", "eval_s")}
+        compute = sum(sum((r.get("client_compute_s") or {}).values()) for r in rows)
+        slowest = sum(r.get("slowest_client_s") or 0.0 for r in rows)
+        central = sum((r.get("central") or {}).get("compute_s") or 0.0 for r in rows)
+        session = summary.get("session_wall_s")
+        other = f"{session - tot['wall_s']:.0f}" if session is not None else ""
+        phase = f"{tot['clients_s']:.0f}" if any("clients_s" in r for r in rows) else "n/a"
+        server = f"{tot['server_s']:.0f}" if any("server_s" in r for r in rows) else "n/a"
+        out.append(f"| {run.name} | {sum(r['round'] > 0 for r in rows)} | {tot['wall_s']:.0f} | {phase} | "
+                   f"{compute:.0f} / {slowest:.0f} | {server} | {central:.0f} | {tot['eval_s']:.0f} | {other} |")
+    return out
+
+
 def results_markdown(root: str | Path = RESULTS) -> str:
     """Every table above, in the README's order, with the synthetic-speech footnote."""
     lines = ["", *seed_table(root), *step_table(root), *federated_table(root), *efficiency_table(root),
