@@ -98,11 +98,15 @@ readme-results:  ## rewrite README's results block from results/*.json
 
 NOTEBOOKS := $(notdir $(wildcard notebooks/[0-9]*.ipynb))
 PM_FLAGS  ?=
-notebooks: setup  ## execute every notebook with papermill → results/notebooks/
+SIZE      ?= full
+notebooks: setup  ## execute every notebook with papermill → results/notebooks/ (SIZE=teaching: notebooks/teaching.toml)
 	@mkdir -p results/notebooks
 	@for nb in $(NOTEBOOKS); do \
-	  echo "papermill $$nb"; \
-	  $(PY) -m papermill --cwd . notebooks/$$nb results/notebooks/$$nb --log-output $(PM_FLAGS) || exit 1; \
+	  echo "papermill $$nb"; params=""; \
+	  if [ "$(SIZE)" = teaching ]; then params="results/notebooks/$${nb%.ipynb}.teaching.json"; \
+	    $(PY) -c 'import json, sys, tomllib; print(json.dumps(tomllib.load(open("notebooks/teaching.toml", "rb")).get(sys.argv[1], {})))' \
+	      "$${nb%.ipynb}" > "$$params" && params="-f $$params" || exit 1; fi; \
+	  $(PY) -m papermill --cwd . notebooks/$$nb results/notebooks/$$nb --log-output $$params $(PM_FLAGS) || exit 1; \
 	done
 
 reproduce: setup  ## the main job: corpus, seed, every notebook (quick profile, CPU) → results/reproduce.json

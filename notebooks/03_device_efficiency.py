@@ -1,0 +1,103 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Fitting a 130M Conformer into a device: memory and transport, technique by technique
+#
+# The paper's first half (§2.3–2.4): plain federated training of a 130M-parameter Conformer does not
+# fit a phone; the *baseline system* — **FedSGD**, a **small batch**, **gradient checkpointing** and
+# **transport compression** — plus **Online Model Compression** (weights stored quantized,
+# dequantized on use) and **partial model training** make it fit.
+#
+# Each row below adds one technique and runs exactly one client round of the `paper` preset
+# (129M parameters, RNN-T, 4096 word-pieces) **in a fresh process**; the peak is measured (VmHWM
+# minus the process's baseline after imports) and set beside an analytic breakdown. Bytes are the
+# exact encoded payloads. Peaks and times are this CPU's, not a phone's: compare ratios.
+# Targets (issue): P1 full-stack peak ÷ plain FedAvg+Adam ≤ 0.20; P2 (down+up) ÷ (2 × fp32 model) ≤ 0.10;
+# P3 full-stack step time ÷ plain ≤ 1.3. The experiment is `fedasr.efficiency` (its command line:
+# `bench/efficiency.py`); its `[transport.*]`, `[omc]` and `[partial]` tables are the federated config's
+# `fed.transport`, `fed.omc` and `fed.partial`.
+
+# %% tags=["parameters"]
+# Parameters (papermill -p NAME VALUE); paths are relative to the repository root
+results_root = "results"                        # everything this notebook writes lies below it
+config_file = "configs/efficiency/paper.toml"   # preset, utterance set, codecs, OMC bits, budget
+overrides = {}                                  # efficiency-config overrides, e.g. {"timing-repeats": 0}
+quality_cost_config = "configs/efficiency/quality_cost.toml"   # small-scale WER cost of the methods (P2's WER half)
+seed_model = None                               # seed checkpoint of the quality-cost runs; None: that config's, below results_root
+rerun = True                                    # False: only redraw the last measured table and runs
+
+# %%
+from fedasr import notebook
+nb = notebook.setup("03_device_efficiency", globals())
+
+# %%
+import json
+from pathlib import Path
+
+from IPython.display import Markdown, display
+
+from fedasr import config, efficiency, experiments, plotting, results, tables
+
+qexp = config.load(experiments.FederatedExperiment, quality_cost_config, {"results-root": str(nb.results)})
+# the seed notebook 01 wrote below this results root, unless seed_model names one
+qexp = config.apply_overrides(qexp, {"task.seed-model": seed_model or str(nb.result_path(qexp.task.seed_model))})
+cfg = config.load(efficiency.EfficiencyConfig, config_file, overrides)
+# every result below results_root; P2 pairs the table with this notebook's quality-cost runs
+cfg = config.apply_overrides(cfg, {
+    "out-dir": str(nb.result_path(cfg.out_dir)), "figure": str(nb.result_path(cfg.figure)),
+    "quality-config": quality_cost_config, "quality-summary": str(nb.results / qexp.experiment / "summary.json")})
+out_dir = Path(cfg.out_dir)
+if rerun:  # each row runs in its own fresh process (fedasr.memory.measure_peak), a few minutes at 129M
+    efficiency.run(cfg, source=config_file)
+rows = results.read_json(notebook.require(out_dir / "memory.json", "efficiency"))
+
+# %%
+display(Markdown("\n".join(tables.efficiency_table(out_dir.parent, out_dir.name))))
+
+# %%
+plotting.efficiency_memory(rows, out=cfg.figure)
+
+# %% [markdown]
+# ## Quality cost at small scale
+#
+# The same techniques in real federated training (Flower, FedSGD + server Adam) of the quick seed
+# model: transport compression (fp16 down, unbiased int8 up), partial training (top-3 blocks; a
+# random half per client and round, PVT-style) and **Online Model Compression inside the client
+# update** (`fed.omc.bits`: the download travels in the clients' OMC storage format, 8 or 4 bits per
+# weight-matrix value, and the gradient is taken at the dequantized weights) against the uncompressed
+# run. The last two rows are candidate stacks for P2. Every row uses the same labels — the reference
+# transcripts, an oracle used only to compare the methods with each other.
+
+# %%
+profile = Path(qexp.task.corpus).name
+notebook.require(Path(qexp.task.corpus) / "corpus.json", f"data PROFILE={profile}")
+notebook.require(qexp.task.seed_model, f"seed PROFILE={profile}")
+qruns = experiments.run_federated_experiment(qexp, rerun=rerun)
+# "bytes vs fp32" is the (down+up) ratio of this small model; P2's bytes are counted at 129M above
+display(Markdown("\n".join(tables.quality_cost_table(nb.results, qexp.experiment))))
+plotting.federated_curves({n: run.rounds() for n, run in qruns.items()},
+                          out=nb.figures / f"{qexp.experiment.replace('-', '_')}_cost.png", title="Quality cost")
+
+# %% [markdown]
+# P2 needs both halves: the 129M stack's bytes (≤ 0.10 of 2 × fp32) and, for the same codecs and
+# OMC, a small-scale WER within 3% of the uncompressed run (`efficiency.check_quality_variant` fails when
+# the config's `quality-variant` federates with another OMC or upload codec). The table's summary is rebuilt
+# from the measured rows above and the quality runs just made (nothing is re-measured).
+
+# %%
+summary = efficiency.resummarize(cfg, source=config_file)
+display(Markdown("\n".join(tables.efficiency_table(out_dir.parent, out_dir.name))))
+print("P2:", json.dumps(summary["P2"], indent=1))
