@@ -72,7 +72,8 @@ def federated_curves(runs: dict[str, Sequence[dict]], metrics: Sequence[str] = (
     axes[-1].set(xlabel="round", ylabel="MiB (down + up, all clients)", title="transport")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a metric no run evaluated has no lines to name
+            ax.legend(fontsize=8)
     _save(fig, out)
     return fig
 

@@ -55,6 +55,12 @@ def _read(root: str | Path, experiment: str, *files: str) -> tuple[Any, ...]:
     return (folder, *(_load(folder / f) for f in files))
 
 
+def _eval_scope(folder: Path) -> str:
+    """What the server evaluated on, from the experiment's ``config.json`` (``task.eval-max-utterances``)."""
+    n = ((_load(folder / "config.json") or {}).get("config", {}).get("task", {}) or {}).get("eval-max-utterances")
+    return f"the first {n} utterances of each test set" if n else "every utterance of each test set"
+
+
 def _table(caption: str, columns: Sequence[str]) -> list[str]:
     """A blank line, the caption, a blank line and a markdown table header with ``columns``."""
     return ["", caption, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -113,8 +119,7 @@ def federated_table(root: str | Path = RESULTS, experiment: str = "federated") -
     if not s:
         return []
     out = _table("**Federated training from the seed, labels = the seed's own hypotheses** "
-                 f"(`{_where(folder)}/`, notebook 02; server-side evaluation on the first 300 utterances of each test "
-                 "set):", ("variant", "rounds", "user WER (start → end)", "user CER", "proxy WER", "MiB down+up",
+                 f"(`{_where(folder)}/`, notebook 02; server-side evaluation on {_eval_scope(folder)}):", ("variant", "rounds", "user WER (start → end)", "user CER", "proxy WER", "MiB down+up",
                            "failed clients"))
     for r in s["variants"]:
         i, f = r["initial"] or {}, r["final"] or {}
@@ -157,7 +162,7 @@ def quality_cost_table(root: str | Path = RESULTS, experiment: str = "efficiency
     if not s:
         return []
     out = _table(f"**Quality cost of the device-budget methods at small scale** (`{_where(folder)}/`, notebook 03; "
-                 "FedSGD, every row with the same oracle labels, server evaluation on the first 300 utterances):",
+                 f"FedSGD, every row with the same oracle labels, server evaluation on {_eval_scope(folder)}):",
                  ("variant", "rounds", "user WER (start → end)", f"vs {s.get('relative_to') or 'uncompressed'}",
                   "proxy WER (end)", "MiB down", "MiB up", "bytes vs fp32"))
     rel = {r["variant"]: r for r in s.get("relative", [])}
