@@ -167,8 +167,30 @@ def environment_info(packages: Iterable[str] = TRACKED_PACKAGES) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "cpu": _cpu(),
         "packages": versions,
     }
+
+
+def _cpu() -> dict:
+    """The CPU model and the vector ISA torch's kernels dispatch on: float results (and so WER, after many
+    rounds) can differ in the last digits between machines whose kernels differ, never between runs on one."""
+    model = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
+                  if line.startswith("model name")), platform.processor() or None)
+    try:
+        import torch
+
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 — torch is optional here
+        capability = None
+    return {"model": model, "torch_capability": capability}
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
 
 
 @dataclasses.dataclass
