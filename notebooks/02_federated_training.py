@@ -40,6 +40,47 @@ rerun = True                                   # False: keep finished variant ru
 from fedasr import notebook
 nb = notebook.setup("02_federated_training", globals())
 
+# %% [markdown]
+# ## One small example: what a client sends, and one server step
+#
+# Both methods on one round of the toy task (`fedasr.federated.toy`: a small MLP classifier on non-IID
+# synthetic clients, seconds on a CPU), from the same global weights $w_t$ (paper §2.3):
+#
+# * **FedSGD** (`fedsgd_client_update`): the client sends its mean gradient $g_i = \frac{1}{n_i}\sum \nabla\ell(w_t)$
+#   over its $n_i$ examples, accumulated over micro-batches of 4; its weights never move.
+# * **FedAvg** (`fedavg_client_update`): the client runs 3 local epochs of SGD (lr 0.05, one step per
+#   micro-batch of 4) and sends $\Delta_i = w_i - w_t$.
+#
+# If every local step saw the same gradient, $\Delta_i$ would be exactly $-\text{lr}\cdot\text{steps}\cdot g_i$:
+# cos(Δ, −g) = 1 and ‖Δ‖ / (lr·steps·‖g‖) = 1 (one local step over all of a client's data gives exactly that,
+# `tests/test_examples.py`). The local steps move away from $w_t$, so the gradient they see turns, and shrinks as
+# the client's loss falls.
+
+# %%
+from IPython.display import Markdown, display
+
+from fedasr import examples
+
+fl = examples.fedsgd_vs_fedavg(clients=("toy0000", "toy0001"), micro_batch=4, local_epochs=3, client_lr=0.05,
+                               server_lr=1.0)
+display(Markdown("\n".join(examples.markdown_table(fl["clients"]))))
+display(Markdown(f"The first client's `{fl['bias_name']}` (the output layer's bias, one value per class):\n\n"
+                 + "\n".join(examples.markdown_table(fl["bias"]))))
+
+# %% [markdown]
+# The server averages the two clients' updates with $a_i = n_i$ (`aggregation.aggregate`) and takes one step
+# with its optimizer (`aggregation.ServerOptimizer`): FedSGD $w_t - \eta\,\bar G$ with $\eta = 1$; FedAvg
+# $w_t + \bar\Delta$ (server SGD with lr 1 on $-\bar\Delta$: plain FedAvg). Which round helps more depends on the
+# step sizes ($\eta$ against lr·steps); what differs in kind is the client's work: one gradient at fixed weights
+# (FedSGD) or several steps plus a copy of $w_t$ to form Δ, and a local optimizer's state (FedAvg; notebook 03
+# measures what each costs on the device). Held-out loss and accuracy of the toy task:
+
+# %%
+display(Markdown("\n".join(examples.markdown_table(fl["eval"]))))
+
+# %% [markdown]
+# ## The experiment: the seed model federated on the clients' hypotheses
+
 # %%
 from pathlib import Path
 

@@ -43,6 +43,54 @@ rerun = True                                    # False: only redraw the last me
 from fedasr import notebook
 nb = notebook.setup("03_device_efficiency", globals())
 
+# %% [markdown]
+# ## One small example (a): a weight tensor before and after 4-bit OMC
+#
+# Online Model Compression (paper §2.4.1) stores each weight matrix as $b$-bit integer codes $q$ on an affine
+# grid, $\hat W = \text{offset} + \text{step}\cdot q$ with $\text{step} = (\max W - \min W)/(2^b - 1)$, and
+# dequantizes $\hat W$ only while a layer runs. Rounding to the nearest level moves each value by at most half
+# a step. The grid is fitted per variable (OMC's per-variable transformation) or per output channel (the
+# `paper` config of this notebook: 4 bits per channel). Below, a 4×8 `nn.Linear` weight whose rows halve in
+# magnitude (trained matrices have channels of different scale), converted with
+# `omc.apply_omc(model, OMCConfig(bits=4, transform=...))`; $\hat W$ is read back from its state dict.
+
+# %%
+from IPython.display import Markdown, display
+
+from fedasr import examples
+
+q = examples.omc_weight(bits=4, shape=(4, 8))
+for part in ("values", "rows", "summary"):
+    display(Markdown("\n".join(examples.markdown_table(q[part]))))
+
+# %% [markdown]
+# On one grid for the whole variable, the smallest row spans about one step: it keeps a few levels, and its
+# error is as large as its values. Its own grid makes the error several times smaller. Storage: 4-bit codes are
+# 1/8 of fp32, plus an fp32 scale and offset per grid (8 bytes): large beside 32 values, negligible beside a
+# 512×2048 matrix of the `paper` preset (512 KiB of codes + 4 KiB of per-channel grids, 0.126 of fp32).
+#
+# ## One small example (b): one micro-batch's memory with and without gradient checkpointing
+#
+# Backward needs what forward computed, so autograd keeps every Conformer block's activations (the attention
+# probabilities grow with the square of the frames) until backward reaches that block. Gradient checkpointing
+# (paper §2.3; Chen et al. 2016) keeps only each block's input and recomputes the block once in backward: the
+# blocks' saved activations drop to one (B, T′, D) tensor per block, for one block's recompute as a transient.
+# One 8-s utterance with 40 tokens (a micro-batch of 1) of the 3M `tiny` preset under FedSGD: analytic
+# (`memory.estimate`) and measured (`memory.measure_peak` of `efficiency.client_round`, the client round of the
+# table's `+small_batch` and `+checkpointing` rows, in a fresh process each; about 10 s).
+
+# %%
+mem = examples.checkpointing_memory(preset="tiny", seconds=8.0, tokens=40)
+display(Markdown("\n".join(examples.markdown_table(mem))))
+
+# %% [markdown]
+# The measured peak is the round's high-water mark of resident memory: it also holds the library code first
+# touched during the round (last column), allocator slack and anything the analytic model leaves out, so
+# compare the drop from one row to the next. The experiment below takes the same step (`+checkpointing`) among
+# the other techniques at 129M parameters, where the blocks' saved activations of one utterance are hundreds of MiB.
+#
+# ## The experiment: one client round per technique
+
 # %%
 import json
 from pathlib import Path

@@ -67,6 +67,48 @@ notebook.require(exp.task.seed_model, f"seed PROFILE={profile}")
 tag = exp.experiment.replace("-", "_")  # figure names: quality_wer.png, quality_tiny_wer.png, ...
 print(config.to_dict(exp))
 
+# %% [markdown]
+# ## One small example (a): a correction the filter keeps and one it drops
+#
+# On-device filtering (paper §2.5): a device trains only on utterances its user corrected, and drops corrections
+# that cannot be a fix of what was said. Our rules (`refinement.check_correction`, documented defaults) run in
+# order: empty or not text; more words than any command or than the audio can hold (words per second); unchanged
+# once normalized (casing, punctuation); then, against the hypothesis, the length ratio $|c|/|h|$ and the relative
+# character edit distance $ED(h, c) / \max(|h|, |c|)$, here with this notebook's bounds (`exp.filter`). Four
+# hand-made pairs (the quantities are computed on the normalized text):
+
+# %%
+from fedasr import examples
+
+print(exp.filter)
+pairs = examples.filter_pairs(exp.filter)
+display(Markdown("\n".join(examples.markdown_table(pairs))))
+
+# %% [markdown]
+# The misrecognised name differs from the hypothesis in two characters and becomes the label; the rewrite
+# changes most of the sentence and is dropped; a casing and punctuation edit fixes no recognition error; the
+# last correction has more words than one second of audio can hold.
+#
+# ## One small example (b): the WCA weights of one round
+#
+# Weighted Client Aggregation (paper §2.5) weights each selected client's update by statistics the client
+# uploads with it (counts and a hashed histogram of the words its corrections fixed, never text;
+# `refinement.client_round_stats`), computed on the server by `refinement.wca_weights`:
+# "examples" $a_i = n_i$ (FedAvg); "frequency" (WCA 1) $a_i = n_i s_i$, with $s_i$ the mean IDF of its corrected
+# words over the round's $K$ clients, $idf_b = 1 + \ln\frac{1+K}{1+df_b}$, so words few clients fix (their own new
+# terms) count more; "loss" (WCA 2) $a_i = n_i L_i$, so clients the model fits worst count more. Three hand-made
+# clients: A fixes one common word four times, B fixes two names only it uses, C a mix; their losses $L_i$
+# (the mean training loss at $w_t$ each reports) are made up. Shares of the round:
+
+# %%
+display(Markdown("\n".join(examples.markdown_table(examples.wca_round(exp.filter)))))
+
+# %% [markdown]
+# B has half of A's corrections, so "examples" gives it half A's weight; its words are its own, so "frequency"
+# raises its share and lowers A's; with the highest loss, B gains most under "loss".
+#
+# ## The experiment: the ablation, row by row
+
 # %%
 rows = experiments.run_quality_experiment(exp, rerun=rerun)
 display(Markdown("\n".join(tables.quality_table(nb.results, exp.experiment))))
