@@ -238,6 +238,12 @@ class ASRTask:
                 (u for us in self._by_client.values() for u in us), split=self.cfg.train_split)
         return self._population.profile(client_id).memory_budget_bytes
 
+    def eval_identity(self) -> str:
+        """What `evaluate` depends on besides the weights (corpus, splits, cap, the seed's tokenizer and front
+        end): runs that share it and start from the same weights share their round-0 evaluation."""
+        return json.dumps([self.cfg.corpus, self.cfg.seed_model, list(self.cfg.eval_splits),
+                           self.cfg.eval_max_utterances])
+
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Greedy WER/CER on each eval split (``wer_user``, ``wer_proxy``, ``wer_user_heldout``), plus the
         new-terms subsets: ``wer_new_terms`` (unseen users, ``user_test``) and ``wer_new_terms_seen``

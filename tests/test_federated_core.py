@@ -234,3 +234,28 @@ def test_client_update_is_deterministic_given_the_client_seed(task):
     state = torch.get_rng_state()
     cu.client_update(task, model, cid, w0, fed, client_seed=11)
     assert torch.equal(torch.get_rng_state(), state)  # ...and is left untouched
+
+
+class _CountingTask(ToyTask):
+    """The toy task counting its evaluations and naming what they depend on."""
+
+    calls = 0
+
+    def eval_identity(self):
+        return "toy-eval"
+
+    def evaluate(self, model):
+        type(self).calls += 1
+        return super().evaluate(model)
+
+
+def test_round_zero_evaluation_is_computed_once_per_initial_weights():
+    from fedasr.federated.server_app import initial_evaluation
+
+    task = _CountingTask(ToyConfig(num_clients=3))
+    model = task.build_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    first = initial_evaluation(task, model, state)
+    assert initial_evaluation(task, task.build_model(), state) == first and _CountingTask.calls == 1
+    other = {k: v + 0.01 for k, v in state.items()}  # other weights: evaluated, and (the toy is seeded) differently
+    assert initial_evaluation(task, model, other) != first and _CountingTask.calls == 2

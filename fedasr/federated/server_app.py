@@ -16,6 +16,7 @@ and ``checkpoints/server.pt`` (weights, server optimizer state, round, RNG state
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from fedasr.federated.strategies import build_strategy
 from fedasr.federated.task import FederatedTask, make_task
 from fedasr.seeding import capture_rng_state, restore_rng_state
 
-__all__ = ["make_server_app", "app", "run_server", "checkpoint_path", "summarize_rounds"]
+__all__ = ["make_server_app", "app", "run_server", "checkpoint_path", "summarize_rounds", "initial_evaluation"]
 
 CHECKPOINT = Path("checkpoints") / "server.pt"
 
@@ -89,10 +90,14 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
         log(INFO, "resuming %s after round %d", run.path, ckpt["round"])
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Evaluate the global model on the server every ``eval-every`` rounds."""
+        """Evaluate the global model on the server every ``eval-every`` rounds (round 0 once per process for
+        runs that start from the same weights and evaluate alike: `initial_evaluation`)."""
         if not _should_eval(fed, server_round):
             return None
-        model.load_state_dict(arrays.to_torch_state_dict())
+        state = arrays.to_torch_state_dict()
+        if server_round == 0:
+            return MetricRecord(initial_evaluation(task, model, state))
+        model.load_state_dict(state)
         return MetricRecord({k: float(v) for k, v in task.evaluate(model).items()})
 
     bar = tqdm(total=fed.num_rounds, initial=start_round - 1, unit="round", desc=f"{cfg.run.experiment}/{run_id}",
@@ -124,9 +129,35 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
     return run
 
 
+# Round-0 evaluations of this process: the variants of an experiment start from one seed model and evaluate on
+# the same test sets, so their round 0 is one evaluation (a deterministic function of weights and task).
+_INITIAL_EVALS: dict[tuple[str, str], dict[str, float]] = {}
+
+
+def initial_evaluation(task: FederatedTask, model: torch.nn.Module,
+                       state: dict[str, torch.Tensor]) -> dict[str, float]:
+    """``task.evaluate`` of ``state``, computed once per process for tasks that name what their evaluation depends
+    on (``task.eval_identity()``) and identical initial weights (a sha256 over the state)."""
+    key = None
+    if hasattr(task, "eval_identity"):
+        digest = hashlib.sha256()
+        for name in sorted(state):
+            digest.update(name.encode())
+            digest.update(state[name].detach().contiguous().cpu().numpy().tobytes())
+        key = (task.eval_identity(), digest.hexdigest())
+        if key in _INITIAL_EVALS:
+            return dict(_INITIAL_EVALS[key])
+    model.load_state_dict(state)
+    metrics = {k: float(v) for k, v in task.evaluate(model).items()}
+    if key is not None:
+        _INITIAL_EVALS[key] = dict(metrics)
+    return metrics
+
+
 def _latest(record: dict) -> dict[str, str]:
     """The progress bar's postfix: the round's status, training loss and evaluation metrics."""
-    out = {"status": str(record.get("status")), "ok": f"{record.get('num_succeeded', 0)}/{record.get('num_sampled', 0)}"}
+    ok = f"{record.get('num_succeeded', 0)}/{record.get('num_sampled', 0)}"
+    out = {"status": str(record.get("status")), "ok": ok}
     if record.get("train_loss") is not None:
         out["loss"] = f"{record['train_loss']:.3g}"
     out.update({k: f"{v:.3f}" for k, v in (record.get("eval") or {}).items() if k.startswith("wer")})
