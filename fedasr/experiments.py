@@ -13,8 +13,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from fedasr import asr_task, corrections, refinement, results, train
 from fedasr import config as config_lib
 from fedasr import data as data_lib
@@ -81,18 +79,21 @@ def run_federated_experiment(exp: FederatedExperiment, only: list[str] | None = 
         if task_cfg.labels == "hypotheses":
             asr_task.write_hypothesis_labels(task_cfg)
     runs = {}
-    bar = tqdm(configs.items(), desc=exp.experiment, unit="variant", dynamic_ncols=True)
-    for name, cfg in bar:
+    for i, (name, cfg) in enumerate(configs.items(), 1):
+        # one line per variant around the run's own progress bar over rounds (one bar at a time: nested bars need
+        # cursor movement, which a notebook's output does not have)
         folder = Path(exp.results_root) / exp.experiment / name
         if folder.exists() and (rerun or not (folder / "summary.json").exists()):
             shutil.rmtree(folder)
         if (folder / "summary.json").exists():
             runs[name] = results.RunDir(folder)
         else:
-            bar.set_postfix_str(f"{name}: {cfg.fed.strategy}, {cfg.fed.num_rounds} rounds")
+            print(f"{exp.experiment} {i}/{len(configs)}: {name} ({cfg.fed.strategy}, {cfg.fed.num_rounds} rounds)",
+                  flush=True)
             runs[name] = run_simulation(cfg, concurrency=exp.concurrency)
         final = runs[name].summary().get("final_eval") or {}
-        bar.set_postfix_str(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in final.items() if k.startswith("wer")))
+        print(f"{exp.experiment} {i}/{len(configs)}: {name} done: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in sorted(final.items()) if k.startswith("wer")), flush=True)
     top = results.open_run(Path(exp.results_root) / exp.experiment, exp.experiment, exp, resume=True)
     rows = variant_rows(runs)
     summary = {"variants": rows, "seed_model": train.checkpoint_provenance(exp.task.seed_model), "synthetic_speech": True}
