@@ -266,11 +266,13 @@ def open_run(path: str | Path, experiment: str, config: Any, resume: bool = Fals
 
 # Fields that differ between two runs of the same config by nature: wall-clock times and measured resources
 # (peak RSS, page-cache growth, machine load). Everything else in results JSON must be identical.
-VOLATILE_KEY = re.compile(r"(_s|-s|_s_total|_seconds|_seconds_runs|_s_runs)$|^(seconds|loadavg_1min)$"
-                          r"|rss|vmhwm|hwm_|flop_rate")
+VOLATILE_KEY = re.compile(r"(_s|-s|_s_total|_seconds|_seconds_runs|_s_runs)$|^(seconds|loadavg_1min|git_commit)$"
+                          r"|rss|vmhwm|hwm_|flop_rate|peak_ratio|step_time_ratio|per_second")
 
 
-def _walk(a: Any, b: Any, where: str, out: list[str], volatile: re.Pattern) -> None:
+def _walk(a: Any, b: Any, where: str, out: list[str], volatile: re.Pattern, roots: tuple[str, str]) -> None:
+    if isinstance(a, str) and isinstance(b, str):  # each tree's own location is not a difference
+        a, b = a.replace(roots[0], "<root>"), b.replace(roots[1], "<root>")
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b), key=str):
             if volatile.search(str(k)):
@@ -278,10 +280,10 @@ def _walk(a: Any, b: Any, where: str, out: list[str], volatile: re.Pattern) -> N
             if k not in a or k not in b:
                 out.append(f"{where}.{k}: only in {'second' if k not in a else 'first'}")
             else:
-                _walk(a[k], b[k], f"{where}.{k}", out, volatile)
+                _walk(a[k], b[k], f"{where}.{k}", out, volatile, roots)
     elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b)):
-            _walk(x, y, f"{where}[{i}]", out, volatile)
+            _walk(x, y, f"{where}[{i}]", out, volatile, roots)
     elif a != b:
         out.append(f"{where}: {json.dumps(a)[:80]} != {json.dumps(b)[:80]}")
 
@@ -290,9 +292,11 @@ def compare_trees(first: str | Path, second: str | Path, volatile: re.Pattern = 
     """Compare every ``*.json`` / ``*.jsonl`` file of two results trees; return one line per difference.
 
     A line is ``<file>:<key path>: <first> != <second>``, or names a file or key present on one side only.
-    Keys matching ``volatile`` (wall-clock times, measured memory, machine load) are skipped.
+    Keys matching ``volatile`` (wall-clock times, measured memory and ratios of it, machine load, the commit) are
+    skipped, and each tree's own location inside a path counts as the same (``<root>``).
     """
     first, second = Path(first), Path(second)
+    roots = (relative_to_repo(str(first.resolve())), relative_to_repo(str(second.resolve())))
     files = {p.relative_to(root) for root in (first, second) for p in root.rglob("*.json*")
              if p.suffix in (".json", ".jsonl") and "logs" not in p.parts}
     out: list[str] = []
@@ -302,5 +306,5 @@ def compare_trees(first: str | Path, second: str | Path, volatile: re.Pattern = 
             out.append(f"{rel}: only in {'second' if not a.exists() else 'first'}")
             continue
         load = read_jsonl if rel.suffix == ".jsonl" else read_json
-        _walk(load(a), load(b), str(rel), out, volatile)
+        _walk(load(a), load(b), str(rel), out, volatile, roots)
     return out
