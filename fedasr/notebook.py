@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedasr.ports import FLWR_ENV
 from fedasr.results import REPO_ROOT
 
 __all__ = ["ParameterError", "Notebook", "setup", "require", "declared_parameters", "ENV"]
 
-# Set for this process and every process it starts (Ray's workers among them). The Flower variables are
-# fedasr.federated.launch.FLWR_ENV's (not imported here: it loads torch); FLWR_LOG_LEVEL is the level of Flower's
-# console handler in each process that imports Flower from now on (errors only; the rest goes to the log file).
-ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-       "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_LOG_LEVEL": "ERROR"}
+# Set for this process and every process it starts (Ray's workers among them): the Flower launchers' environment,
+# and FLWR_LOG_LEVEL, the level of Flower's console handler in each process that imports Flower from now on
+# (errors only; the rest goes to the log file).
+ENV = {**FLWR_ENV, "FLWR_LOG_LEVEL": "ERROR"}
 LIBRARY_LOGGERS = ("flwr", "ray", "py.warnings")  # py.warnings: `warnings` routed through logging
 IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})  # an ipykernel's own globals
 LITERAL_TYPES = (str, int, float, bool, list, dict, type(None))  # what papermill can inject

@@ -61,22 +61,11 @@ from fedasr import results
 from fedasr.config import ConfigError, flatten, load, parse_overrides, to_dict
 from fedasr.federated.config import FederatedConfig
 from fedasr.federated.task import FederatedTask
-from fedasr.ports import free_port
+from fedasr.ports import FLWR_ENV, free_port
 
 __all__ = ["FLWR_ENV", "flower_log", "run_simulation", "run_flwr_local", "run_deployment_local", "run_config_args",
            "cli_main", "free_port"]
 
-# Wherever flwr runs (DESIGN §4): no dependency installs, no telemetry, no update checks (no network);
-# one BLAS thread per process (DESIGN §6).
-FLWR_ENV = {
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # Ray's future default, set now (silences its FutureWarning)
-}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # flwr, flower-superlink, flower-supernode of this environment
 
