@@ -8,6 +8,7 @@ own ``summary.json`` (with ``config.json`` beside it) collects the variants' fin
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from fedasr import data as data_lib
 from fedasr.corrections import CorrectionConfig
 from fedasr.federated.config import FedConfig, FederatedConfig, RunSpec, TaskSpec
 from fedasr.federated.launch import run_simulation
+from fedasr.federated.ray_session import shared_ray
 from fedasr.refinement import FilterConfig
 
 __all__ = ["FederatedExperiment", "run_federated_experiment", "variant_rows", "relative_rows", "QualityExperiment",
@@ -78,22 +80,26 @@ def run_federated_experiment(exp: FederatedExperiment, only: list[str] | None = 
         task_cfg = config_lib.from_dict(asr_task.ASRTaskConfig, cfg.task.params)
         if task_cfg.labels == "hypotheses":
             asr_task.write_hypothesis_labels(task_cfg)
-    runs = {}
-    for i, (name, cfg) in enumerate(configs.items(), 1):
-        # one line per variant around the run's own progress bar over rounds (one bar at a time: nested bars need
-        # cursor movement, which a notebook's output does not have)
-        folder = Path(exp.results_root) / exp.experiment / name
-        if folder.exists() and (rerun or not (folder / "summary.json").exists()):
-            shutil.rmtree(folder)
-        if (folder / "summary.json").exists():
-            runs[name] = results.RunDir(folder)
-        else:
-            print(f"{exp.experiment} {i}/{len(configs)}: {name} ({cfg.fed.strategy}, {cfg.fed.num_rounds} rounds)",
-                  flush=True)
-            runs[name] = run_simulation(cfg, concurrency=exp.concurrency)
-        final = runs[name].summary().get("final_eval") or {}
-        print(f"{exp.experiment} {i}/{len(configs)}: {name} done: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in sorted(final.items()) if k.startswith("wer")), flush=True)
+    runs, ray_started = {}, False
+    with contextlib.ExitStack() as ray_session:  # one Ray for the variants that run (federated.ray_session)
+        for i, (name, cfg) in enumerate(configs.items(), 1):
+            # one line per variant around the run's own progress bar over rounds (one bar at a time: nested bars need
+            # cursor movement, which a notebook's output does not have)
+            folder = Path(exp.results_root) / exp.experiment / name
+            if folder.exists() and (rerun or not (folder / "summary.json").exists()):
+                shutil.rmtree(folder)
+            if (folder / "summary.json").exists():
+                runs[name] = results.RunDir(folder)
+            else:
+                print(f"{exp.experiment} {i}/{len(configs)}: {name} ({cfg.fed.strategy}, {cfg.fed.num_rounds} rounds)",
+                      flush=True)
+                if not ray_started:  # on the first variant that runs; the block's exit stops it
+                    ray_session.enter_context(shared_ray(exp.concurrency))
+                    ray_started = True
+                runs[name] = run_simulation(cfg, concurrency=exp.concurrency)
+            final = runs[name].summary().get("final_eval") or {}
+            print(f"{exp.experiment} {i}/{len(configs)}: {name} done: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in sorted(final.items()) if k.startswith("wer")), flush=True)
     top = results.open_run(Path(exp.results_root) / exp.experiment, exp.experiment, exp, resume=True)
     rows = variant_rows(runs)
     summary = {"variants": rows, "seed_model": train.checkpoint_provenance(exp.task.seed_model), "synthetic_speech": True}

@@ -175,6 +175,22 @@ def test_run_records_and_bytes(tmp_path):
     assert json.loads((run.path / "config.json").read_text())["config"]["fed"]["clients-per-round"] == 3
 
 
+def test_server_work_uses_server_threads_and_restores_the_count(tmp_path):
+    """Evaluation runs between rounds with ``run.server-threads`` torch threads; clients train with 1."""
+    seen = []
+
+    class Probe(type(task_lib.make_task(_cfg(tmp_path).task))):
+        def evaluate(self, model):
+            seen.append(torch.get_num_threads())
+            return super().evaluate(model)
+
+    cfg = _cfg(tmp_path, num_rounds=1, eval_every=1)
+    cfg.run.server_threads = 2
+    before = torch.get_num_threads()
+    run_server(InProcessGrid(make_client_app(cfg)), cfg, task_factory=lambda: Probe(task_lib.make_task(cfg.task).cfg))
+    assert seen == [2, 2] and torch.get_num_threads() == before
+
+
 def test_partitioned_nodes_train_only_their_own_clients(tmp_path):
     cfg = _cfg(tmp_path, num_rounds=2, clients_per_round=5, node_data="partitioned")
     nodes = ({"partition-id": 0, "num-partitions": 2}, {"client-ids": "toy0001,toy0003,toy0005"})
@@ -262,6 +278,27 @@ def test_simulation_engine_two_rounds_end_to_end(tmp_path, ray_shutdown):
     sim_w, ref_w = _final_weights(launch._finished_run(launch._pinned(cfg))), _final_weights(ref)
     for k in ref_w:
         torch.testing.assert_close(sim_w[k], ref_w[k], rtol=0, atol=0)
+
+
+@pytest.mark.timeout(300)
+def test_simulations_sharing_one_ray_match_separate_runs(tmp_path, ray_shutdown):
+    """`ray_session.shared_ray`: Ray stays up between simulations, stops after the block, and each run reaches
+    the weights the in-process grid reaches (fresh client actors per run: nothing carries over)."""
+    import ray
+
+    from fedasr.federated.ray_session import shared_ray
+
+    cfgs = [_cfg(tmp_path, f"shared{i}", num_rounds=2, clients_per_round=3, seed=i) for i in range(2)]
+    with shared_ray(2):
+        for cfg in cfgs:
+            launch.run_simulation(cfg)
+            assert ray.is_initialized()
+    assert not ray.is_initialized()
+    for i, cfg in enumerate(cfgs):
+        ref, _ = _run(_cfg(tmp_path, f"ref{i}", num_rounds=2, clients_per_round=3, seed=i))
+        sim_w, ref_w = _final_weights(launch._finished_run(launch._pinned(cfg))), _final_weights(ref)
+        for k in ref_w:
+            torch.testing.assert_close(sim_w[k], ref_w[k], rtol=0, atol=0)
 
 
 @pytest.mark.slow

@@ -144,6 +144,10 @@ class RunSpec:
     results_root: str = "results"  # relative to the ServerApp's working directory
     resume: bool = False  # continue from the run folder's checkpoint (same run-id) instead of starting anew
     progress: bool = True  # a text progress bar over rounds (stderr) with the latest loss and WER
+    # torch threads of the server's own work (evaluation, Mixed FL's central update): it runs between rounds while
+    # the clients wait, so it may use the cores the clients use (2 clients x 1 thread on 2 cores, DESIGN §6).
+    # While the clients train the server process holds 1 thread. A result depends on it at the last float bit only.
+    server_threads: int = 2
 
 
 @dataclass

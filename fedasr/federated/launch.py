@@ -60,6 +60,7 @@ import psutil
 from fedasr import results
 from fedasr.config import ConfigError, flatten, load, parse_overrides, to_dict
 from fedasr.federated.config import FederatedConfig
+from fedasr.federated.ray_session import ray_init_args
 from fedasr.federated.task import FederatedTask
 from fedasr.ports import FLWR_ENV, free_port
 
@@ -121,9 +122,7 @@ def run_simulation(cfg: FederatedConfig, task_factory: Callable[[], FederatedTas
     os.environ.update(FLWR_ENV)
     cfg = _pinned(cfg)
     nodes = num_supernodes or cfg.fed.clients_per_round
-    backend_config = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                      "init_args": {"num_cpus": concurrency, "num_gpus": 0, "logging_level": "ERROR",
-                                    "log_to_driver": False}}
+    backend_config = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": ray_init_args(concurrency)}
     with flower_log(Path(cfg.run.results_root) / cfg.run.experiment / "logs" / f"{cfg.run.run_id}.log"):
         flwr_run_simulation(server_app=make_server_app(cfg, task_factory),
                             client_app=make_client_app(cfg, task_factory),

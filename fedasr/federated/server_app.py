@@ -16,10 +16,11 @@ and ``checkpoints/server.pt`` (weights, server optimizer state, round, RNG state
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from logging import INFO
 from pathlib import Path
 
@@ -56,12 +57,20 @@ def _should_eval(fed: FedConfig, server_round: int) -> bool:
 def run_server(grid: Grid, cfg: FederatedConfig,
                task_factory: Callable[[], FederatedTask] | None = None) -> results.RunDir:
     """Run federated training on ``grid`` as ``cfg`` says and return the run folder."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the clients own the cores; restored below (in-process simulation)
-    try:
+    with torch_threads(1):  # the clients own the cores while they train (in-process simulation shares them)
         return _run(grid, cfg, task_factory)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (``n`` ≤ 0: leave the setting), then restore the previous count."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedTask] | None) -> results.RunDir:
@@ -78,7 +87,8 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
     central = None
     if fed.central_mix > 0:  # Mixed FL: the server's update on its own proxy data (uses the eval model's memory)
         def central(server_round: int, global_weights: dict[str, torch.Tensor]) -> Update:
-            return central_update(task, model, global_weights, fed, server_round)
+            with torch_threads(cfg.run.server_threads):  # the clients have finished the round: their cores are free
+                return central_update(task, model, global_weights, fed, server_round)
     strategy = build_strategy(fed, task.client_ids(), weights, trainable_names(model), omc_names, central)
     start_round = 1
     if resume:
@@ -95,10 +105,11 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
         if not _should_eval(fed, server_round):
             return None
         state = arrays.to_torch_state_dict()
-        if server_round == 0:
-            return MetricRecord(initial_evaluation(task, model, state))
-        model.load_state_dict(state)
-        return MetricRecord({k: float(v) for k, v in task.evaluate(model).items()})
+        with torch_threads(cfg.run.server_threads):  # between rounds: the clients' cores are free
+            if server_round == 0:
+                return MetricRecord(initial_evaluation(task, model, state))
+            model.load_state_dict(state)
+            return MetricRecord({k: float(v) for k, v in task.evaluate(model).items()})
 
     bar = tqdm(total=fed.num_rounds, initial=start_round - 1, unit="round", desc=f"{cfg.run.experiment}/{run_id}",
                disable=not cfg.run.progress, mininterval=1.0, dynamic_ncols=True)
