@@ -19,7 +19,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
 .PHONY: help setup system-deps data summary seed seed-full efficiency efficiency-quality smoke deployment-demo \
-        federated quality quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
+        federated import-librispeech import-commonvoice quality quality-seeds quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
         compare test test-all test-gpu clean-data
 
 help:  ## list targets
@@ -67,6 +67,17 @@ federated: seed  ## FedSGD vs FedAvg on the user domain from the seed (configs/f
 
 quality: seed  ## the user-corrections ablation → results/quality/wer.json (configs/quality/$(PROFILE).toml)
 	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/$(PROFILE).toml'))"
+
+LIBRISPEECH_ROLES ?= --proxy-subsets train-clean-100 --proxy-dev-subsets dev-clean --proxy-test-subsets test-clean \
+                     --user-subsets train-other-500 --user-dev-subsets dev-other --user-test-subsets test-other
+import-librispeech: setup  ## import a LibriSpeech tree: make import-librispeech SRC=/data/LibriSpeech OUT=data/librispeech
+	$(PY) -m fedasr.importers librispeech $(SRC) --out $(or $(OUT),data/librispeech) $(LIBRISPEECH_ROLES) $(ARGS)
+
+import-commonvoice: setup  ## import a Common Voice language folder: make import-commonvoice SRC=.../en OUT=data/cv-en
+	$(PY) -m fedasr.importers commonvoice $(SRC) --out $(or $(OUT),data/commonvoice) $(ARGS)
+
+quality-seeds: seed  ## the ablation over seeds 0, 1, 2 → results/quality/{wer,evidence}.json (3 x notebook 04's time)
+	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/$(PROFILE).toml', {'seeds': [0, 1, 2]}))"
 
 quality-mixing: seed  ## Mixed FL's α screen (configs/quality/mixing.toml) → results/quality-mixing/
 	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/mixing.toml'))"

@@ -17,6 +17,7 @@ counted, so one bad utterance never fails a client's round.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +54,11 @@ class ASRTaskConfig:
 
 
 def hypothesis_labels_path(cfg: ASRTaskConfig) -> Path:
-    """Where the seed model's hypotheses for ``cfg.train_split`` are stored (beside the seed checkpoint)."""
-    return Path(cfg.seed_model).parent / "labels" / f"{cfg.train_split}.hypotheses.jsonl"
+    """Where the seed model's hypotheses for ``cfg.train_split`` are stored (beside the seed checkpoint), named by
+    the split's manifest too (a sha256 prefix): one seed model decodes other corpora (imported ones) as well."""
+    manifest = Path(cfg.corpus) / "manifests" / f"{cfg.train_split}.jsonl"
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:12] if manifest.exists() else "missing"
+    return Path(cfg.seed_model).parent / "labels" / f"{cfg.train_split}.{digest}.hypotheses.jsonl"
 
 
 def read_label_lines(path: str | Path) -> list[dict]:
@@ -244,23 +248,31 @@ class ASRTask:
         return json.dumps([self.cfg.corpus, self.cfg.seed_model, list(self.cfg.eval_splits),
                            self.cfg.eval_max_utterances])
 
-    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+    def evaluate(self, model: torch.nn.Module,
+                 hypotheses: dict[str, dict[str, str]] | None = None) -> dict[str, float]:
         """Greedy WER/CER on each eval split (``wer_user``, ``wer_proxy``, ``wer_user_heldout``), plus the
-        new-terms subsets: ``wer_new_terms`` (unseen users, ``user_test``) and ``wer_new_terms_seen``
-        (held-out utterances of training clients, whose own names FL can learn)."""
+        new-terms subsets: ``wer_new_terms`` and ``term_recall`` (unseen users, ``user_test``),
+        ``wer_new_terms_seen`` and ``term_recall_seen`` (held-out utterances of training clients, whose own
+        names FL can learn). ``hypotheses``, if given, receives ``{split: {utterance id: hypothesis}}``
+        (the per-utterance record behind `fedasr.quality_evidence`)."""
         out = {}
         for split, utts in self._eval.items():
             if split not in self._eval_feats:
                 self._eval_feats[split] = train.featurize(utts, self.fcfg)
-            rep = train.evaluate(model, self.tokenizer, utts, self.fcfg, feats=self._eval_feats[split])
+            rep = train.evaluate(model, self.tokenizer, utts, self.fcfg, feats=self._eval_feats[split],
+                                 keep_hypotheses=hypotheses is not None)
+            if hypotheses is not None:
+                hypotheses[split] = rep.get("hypotheses", {})
             name = split.replace("_test", "")
             out[f"wer_{name}"] = rep.get("wer")
             out[f"cer_{name}"] = rep.get("cer")
             new_terms = rep.get("subsets", {}).get("new_terms", {}).get("wer")
-            if split == "user_test" and new_terms is not None:  # unseen users' own names and places
-                out["wer_new_terms"] = new_terms
-            if split == "user_heldout" and new_terms is not None:  # seen users' own names, new utterances
-                out["wer_new_terms_seen"] = new_terms
+            recall = rep.get("term_recall", {}).get("recall")
+            suffix = {"user_test": "", "user_heldout": "_seen"}.get(split)  # unseen users / seen users' new utterances
+            if suffix is not None and new_terms is not None:
+                out[f"wer_new_terms{suffix}"] = new_terms
+            if suffix is not None and recall is not None:
+                out[f"term_recall{suffix}"] = recall
         return out
 
 

@@ -41,10 +41,14 @@ from fedasr.corpus_audio import (FESTIVAL_VOICES, FLITE_VOICES, PYTHON_PACKAGES,
                                  check_requirements, init_worker, render_chunk, sample_channel)
 from fedasr.corpus_text import (LOCALES, TextBank, load_text_bank, make_client_text, oov_rate, proxy_sentence,
                                 user_command, vocabulary)
-from fedasr.data import SAMPLE_RATE, SPLITS, Utterance, is_normalized, write_manifest
+from fedasr.data import SAMPLE_RATE, Utterance, is_normalized, write_manifest
+from fedasr.data import SPLITS as _ALL_SPLITS
 
 __all__ = ["GENERATOR_VERSION", "PROFILES", "Profile", "Job", "Plan", "build_plan", "build_corpus", "is_up_to_date",
            "cli_main"]
+
+# the splits this generator makes: not yet the user dev splits (user_dev, user_heldout_dev) that importers write
+SPLITS = tuple(s for s in _ALL_SPLITS if s not in ("user_heldout_dev", "user_dev"))
 
 GENERATOR_VERSION = "1.1"  # bump whenever the same seed would give different audio or text
 

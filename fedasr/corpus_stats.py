@@ -163,6 +163,8 @@ def proxy_channels(root: str | Path) -> dict[str, Channel | None]:
     current generator would plan differently (rebuild it with ``make data``)."""
     root = Path(root)
     record = json.loads((root / "corpus.json").read_text())
+    if "source" in record:  # an imported corpus (fedasr.importers): recordings, no simulated channel
+        return {}
     plan = corpus_lib.build_plan(corpus_lib.Profile.from_record(record["sizes"]), record["seed"])
     jobs = {j.id: j for s in ("proxy_train", "proxy_dev", "proxy_test") for j in plan.jobs[s]}
     corpus = _utterances(load_corpus(root, ("proxy_train", "proxy_dev", "proxy_test")), SPLITS)

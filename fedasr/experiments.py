@@ -102,7 +102,8 @@ def run_federated_experiment(exp: FederatedExperiment, only: list[str] | None = 
                   + ", ".join(f"{k} {v:.3f}" for k, v in sorted(final.items()) if k.startswith("wer")), flush=True)
     top = results.open_run(Path(exp.results_root) / exp.experiment, exp.experiment, exp, resume=True)
     rows = variant_rows(runs)
-    summary = {"variants": rows, "seed_model": train.checkpoint_provenance(exp.task.seed_model), "synthetic_speech": True}
+    summary = {"variants": rows, "seed_model": train.checkpoint_provenance(exp.task.seed_model),
+               "synthetic_speech": data_lib.is_synthetic(exp.task.corpus)}
     if exp.reference and any(r["variant"] == exp.reference for r in rows):
         summary["relative_to"] = exp.reference
         summary["relative"] = relative_rows(rows, exp.reference)
@@ -164,8 +165,15 @@ class QualityExperiment:
     filter: FilterConfig = field(default_factory=FilterConfig)  # on-device filtering of corrections
     variants: dict[str, dict] = field(default_factory=dict)  # name → {labels, min-corrections, fed: {...}}
     concurrency: int = 2
+    # every seed runs the whole ablation (sets fed.seed and corrections.seed; see run_quality_experiment)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # the splits this configuration's choices (α, learning rate, rounds, filter thresholds, ...) were made on:
+    # declared by whoever made them, recorded in summary.json and evidence.json (issue 18)
+    tuned_on: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise config_lib.ConfigError(f"seeds: {self.seeds!r} must be distinct integers, at least one")
         for name, v in self.variants.items():
             unknown = set(v) - {"labels", "min-corrections", "fed"}
             if unknown:
@@ -179,16 +187,43 @@ class QualityExperiment:
 
 
 def run_quality_experiment(exp: QualityExperiment, rerun: bool = True) -> list[dict]:
-    """Simulate corrections, write each variant's label store, federate each variant, write ``wer.json``.
+    """Run the ablation once per seed, write ``wer.json`` (means over seeds), ``evidence.json`` and ``summary.json``.
 
-    Steps: (1) the seed model decodes every ``user_train`` utterance — what each phone showed;
+    Per seed: (1) the seed model decodes every ``user_train`` utterance — what each phone showed;
     (2) simulated users correct some of those transcripts (ground truth used only to simulate them);
     (3) per variant, the devices' label store (hypotheses / committed / corrected / filtered);
     (4) one federated run per variant; (5) rows ``{variant, rounds, wer_user, wer_new_terms, wer_proxy}``,
-    the seed model first and the full refinement last, in ``results/<experiment>/wer.json``.
+    the seed model first and the full refinement last.
+
+    A seed sets ``fed.seed`` (which clients each round samples, the central update's sample, stochastic
+    rounding) and ``corrections.seed`` (which users correct what, rightly or wrongly); the seed model, the corpus
+    and the test sets are the same for every seed. One seed writes its runs under ``results/<experiment>/``;
+    several write each seed's ablation under ``results/<experiment>/seed<k>/`` and the means above them.
     """
     root = Path(exp.results_root) / exp.experiment
     top = results.open_run(root, exp.experiment, exp, resume=True)
+    multi = len(exp.seeds) > 1
+    per_seed = [_quality_seed(replace(exp, experiment=f"{exp.experiment}/seed{k}" if multi else exp.experiment,
+                                      fed=replace(exp.fed, seed=k), corrections=replace(exp.corrections, seed=k)),
+                              rerun) for k in exp.seeds]
+    rows = per_seed[0]["rows"] if not multi else _mean_rows([p["rows"] for p in per_seed])
+    results.write_json(root / "wer.json", rows)
+    evidence_json = _write_evidence(exp, per_seed, root)
+    summary = {"rows": rows, "targets": quality_targets(rows), "seeds": list(exp.seeds), "tuned_on": list(exp.tuned_on),
+               "evidence": evidence_json, "seed_model": train.checkpoint_provenance(exp.task.seed_model),
+               "synthetic_speech": data_lib.is_synthetic(exp.task.corpus)}
+    if multi:
+        summary["per_seed"] = [{"seed": k, "folder": results.relative_to_repo(str(root / f"seed{k}")),
+                                "targets": quality_targets(p["rows"])} for k, p in zip(exp.seeds, per_seed)]
+    else:
+        summary.update({k: per_seed[0][k] for k in ("corrections", "filter", "label_stores")})
+    top.write_summary(summary)
+    return rows
+
+
+def _quality_seed(exp: QualityExperiment, rerun: bool) -> dict:
+    """One seed's ablation (steps 1–5 of `run_quality_experiment`) under ``results/<exp.experiment>/``."""
+    root = Path(exp.results_root) / exp.experiment
     # (1) + (2): what the phones showed, and what the users typed
     task_cfg = replace(exp.task, labels="hypotheses")
     hyps = asr_task.read_labels(asr_task.write_hypothesis_labels(task_cfg))
@@ -206,12 +241,45 @@ def run_quality_experiment(exp: QualityExperiment, rerun: bool = True) -> list[d
                                   "task": {"labels": str(store), "min-corrections": v.get("min-corrections", 0)}}
     runs = run_federated_experiment(fed_exp, rerun=rerun)
     rows = quality_rows(exp, runs)
-    results.write_json(root / "wer.json", rows)
-    top.write_summary({"rows": rows, "targets": quality_targets(rows), "corrections": corrections.summarize(records),
-                       "filter": refinement.filter_report(records, exp.filter),
-                       "label_stores": stores, "seed_model": train.checkpoint_provenance(exp.task.seed_model),
-                       "synthetic_speech": True})
-    return rows
+    out = {"rows": rows, "runs": runs, "corrections": corrections.summarize(records),
+           "filter": refinement.filter_report(records, exp.filter), "label_stores": stores}
+    if len(exp.seeds) > 1:  # the seed's own record beside its runs
+        results.write_json(root / "wer.json", rows)
+        results.open_run(root, exp.experiment, exp, resume=True).write_summary(
+            {k: v for k, v in out.items() if k != "runs"} | {"seed": exp.fed.seed, "targets": quality_targets(rows)})
+    return out
+
+
+def _mean_rows(per_seed: list[list[dict]]) -> list[dict]:
+    """``wer.json`` rows averaged over seeds (same schema; ``n_seeds`` and every seed's ``runs`` added)."""
+    out = []
+    for rows in zip(*per_seed):
+        row = dict(rows[0])
+        for k, v in rows[0].items():
+            if k.startswith("wer") and all(isinstance(r.get(k), (int, float)) for r in rows):
+                row[k] = sum(r[k] for r in rows) / len(rows)
+        row.update(n_seeds=len(rows), runs=[r["run"] for r in rows if r.get("run")])
+        out.append(row)
+    return out
+
+
+def _write_evidence(exp: QualityExperiment, per_seed: list[dict], root: Path) -> str | None:
+    """``evidence.json`` from every run's first and last hypotheses (`fedasr.quality_evidence`); None (and a
+    printed reason) where runs made before hypotheses were recorded lack them."""
+    from fedasr import quality_evidence
+
+    files: dict[str, list[Path]] = {"seed": []}
+    for p in per_seed:
+        first = next(iter(p["runs"].values()))
+        files["seed"].append(first.hypotheses_path(0))
+        for name, run in p["runs"].items():
+            files.setdefault(name, []).append(run.hypotheses_path(run.summary().get("final_eval_round") or 0))
+    missing = [str(f) for fs in files.values() for f in fs if not f.exists()]
+    if missing:
+        print(f"{exp.experiment}: no evidence.json: {len(missing)} runs lack hypotheses (e.g. {missing[0]})")
+        return None
+    ev = quality_evidence.build(files, exp.task.corpus, exp.seeds, exp.tuned_on)
+    return results.relative_to_repo(str(results.write_json(root / "evidence.json", ev)))
 
 
 def quality_rows(exp: QualityExperiment, runs: dict[str, results.RunDir]) -> list[dict]:

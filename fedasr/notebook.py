@@ -22,7 +22,7 @@ from typing import Any
 from fedasr.ports import FLWR_ENV
 from fedasr.results import REPO_ROOT
 
-__all__ = ["ParameterError", "Notebook", "setup", "require", "declared_parameters", "ENV"]
+__all__ = ["ParameterError", "Notebook", "setup", "require", "declared_parameters", "ENV", "ipc_kernel_manager"]
 
 # Set for this process and every process it starts (Ray's workers among them): the Flower launchers' environment,
 # and FLWR_LOG_LEVEL, the level of Flower's console handler in each process that imports Flower from now on
@@ -60,7 +60,11 @@ def declared_parameters(cells: list, source: str | Path = "") -> dict[str, tuple
     if len(tagged) != 1:
         raise ParameterError(f"{source}: expected one cell tagged 'parameters', found {len(tagged)}")
     lines, out = tagged[0].source.splitlines(), {}
-    for node in ast.parse(tagged[0].source).body:
+    try:
+        body = ast.parse(tagged[0].source).body
+    except SyntaxError as e:
+        raise ParameterError(f"{source}: parameters cell, line {e.lineno}: not Python ({e.msg})") from None
+    for node in body:
         try:
             if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
                 raise ValueError
@@ -197,3 +201,33 @@ def require(path: str | Path, make_target: str) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"{p} is missing: run `make {make_target}` first (it produces it)")
     return p
+
+
+_KERNEL_DIR: Path | None = None
+
+
+def ipc_kernel_manager() -> type:
+    """A jupyter_client ``KernelManager`` class whose kernels talk over Unix-domain sockets in a private temporary
+    folder: no TCP port that another user of the machine could reach, and none of ipykernel 7's "Kernel is running
+    over TCP without encryption" warnings on the console. For ``papermill.execute_notebook(...,
+    kernel_manager_class=ipc_kernel_manager())`` (tools/reproduce.py, tests/test_notebooks.py)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from jupyter_client.manager import KernelManager
+
+    global _KERNEL_DIR
+    if _KERNEL_DIR is None:
+        _KERNEL_DIR = Path(tempfile.mkdtemp(prefix="fedasr-kernels-"))
+        atexit.register(shutil.rmtree, _KERNEL_DIR, ignore_errors=True)
+    folder = _KERNEL_DIR
+
+    class IPCKernelManager(KernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            self.ip = str(folder / f"kernel-{os.getpid()}-{id(self)}")  # sockets are <ip>-<port>
+
+    return IPCKernelManager
+

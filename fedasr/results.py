@@ -223,6 +223,10 @@ class RunDir:
     def summary(self) -> dict:
         return read_json(self.summary_path)
 
+    def hypotheses_path(self, server_round: int) -> Path:
+        """The hypotheses of the evaluation after ``server_round`` (one ``{"split", "id", "hyp"}`` a line)."""
+        return self.path / "hypotheses" / f"round{server_round:03d}.jsonl"
+
 
 def new_run(experiment: str, config: Any, results_root: str | Path = "results", run_id: str | None = None,
             resume: bool = False) -> RunDir:

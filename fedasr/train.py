@@ -410,7 +410,7 @@ def train_seed(cfg: SeedConfig, out: str | Path = "results/seed", resume: bool =
         "cer": {"proxy": reports.get("proxy_test", {}).get("cer"), "user": user.get("cer"),
                 "real": reports.get("real", {}).get("cer")},
         "reports": reports,
-        "synthetic_speech": True,
+        "synthetic_speech": data_lib.is_synthetic(cfg.corpus_path()),
     }
     run.write_summary(summary)
     return run

@@ -15,6 +15,7 @@ import pytest
 from fedasr import corpus, corpus_audio
 from fedasr.corpus import (
     PROFILES,
+    SPLITS,  # the splits the generator makes
     CorpusError,
     Job,
     build_corpus,
@@ -24,7 +25,6 @@ from fedasr.corpus_audio import Channel, apply_channel
 from fedasr.corpus_text import USER_INTENTS, load_text_bank, make_client_text
 from fedasr.data import (
     SAMPLE_RATE,
-    SPLITS,
     is_normalized,
     load_audio,
     load_corpus,

@@ -77,6 +77,36 @@ def test_quality_ablation_end_to_end_on_flower(fake_corpus, fake_seed, tmp_path)
     assert ok and all(r["weights"] for r in ok)  # WCA weights recorded per client
 
 
+@pytest.mark.slow
+def test_quality_ablation_over_seeds_writes_means_and_evidence(fake_corpus, fake_seed, tmp_path):
+    exp = config.from_dict(experiments.QualityExperiment, {
+        "results-root": str(tmp_path), "seeds": [0, 1], "tuned-on": ["user_dev"],
+        "task": {"corpus": str(fake_corpus), "seed-model": str(fake_seed / "model"),
+                 "eval-splits": ["user_test", "proxy_test"]},
+        "fed": {"strategy": "fedavg", "num-rounds": 1, "clients-per-round": 2, "micro-batch": 4, "eval-every": 1},
+        "corrections": {"never-fraction": 0.0, "p-base": 1.0},
+        "variants": {"no_refinement": {"labels": "hypotheses"},
+                     "filtering": {"labels": "filtered", "min-corrections": 1}}})
+    rows = experiments.run_quality_experiment(exp)
+    root = tmp_path / "quality"
+    per_seed = [json.loads((root / f"seed{k}" / "wer.json").read_text()) for k in (0, 1)]
+    for i, row in enumerate(rows):
+        assert row["n_seeds"] == 2 and len(row["runs"]) == (0 if row["variant"] == "seed" else 2)
+        assert row["wer_user"] == pytest.approx((per_seed[0][i]["wer_user"] + per_seed[1][i]["wer_user"]) / 2)
+    # each seed simulates its own users: the two seeds' correction records differ
+    recs = [(root / f"seed{k}" / "corrections.jsonl").read_text() for k in (0, 1)]
+    assert recs[0] != recs[1]
+    assert (root / "seed1" / "filtering" / "hypotheses" / "round001.jsonl").exists()
+    ev = json.loads((root / "evidence.json").read_text())
+    assert ev["seeds"] == [0, 1] and ev["tuned_on"] == ["user_dev"] and ev["headline"] == "filtering"
+    assert [r["variant"] for r in ev["rows"]] == ["seed", "no_refinement", "filtering"]
+    assert set(ev["rows"][0]) >= {"wer_user", "wer_proxy"} and "wer_new_terms" not in ev["rows"][0]  # no user_heldout
+    assert {(c["a"], c["b"]) for c in ev["comparisons"]} == {("seed", "no_refinement"), ("no_refinement", "filtering"),
+                                                             ("seed", "filtering")}
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["tuned_on"] == ["user_dev"] and summary["evidence"].endswith("evidence.json")
+
+
 def test_relative_rows_against_the_reference_variant():
     rows = [{"variant": "fp32", "bytes_down": 600, "bytes_up": 400, "final": {"wer_user": 0.80, "wer_proxy": 0.7}},
             {"variant": "small", "bytes_down": 60, "bytes_up": 40, "final": {"wer_user": 0.82, "wer_proxy": 0.7}},

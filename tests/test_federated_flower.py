@@ -86,7 +86,8 @@ def _cfg(tmp_path, run_id="r", **fed):
     params = fed.pop("params", {})
     fed = {"num_rounds": 2, "clients_per_round": 4, **fed}
     return FederatedConfig(fed=config.from_dict(FedConfig, fed, prefix="fed"), task=TaskSpec("toy", {"num-clients": 12, **params}),
-                           run=RunSpec(experiment="t", run_id=run_id, results_root=str(tmp_path)))
+                           run=RunSpec(experiment="t", run_id=run_id, results_root=str(tmp_path),
+                                       overlap_central=False))  # clients run in this process (InProcessGrid)
 
 
 def _run(cfg, **grid_kw):

@@ -200,6 +200,24 @@ def test_central_only_control_steps_on_the_server_gradient(tmp_path):
         torch.testing.assert_close(final[k], w0[k] - 0.5 * g[k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.timeout(300)
+def test_central_update_computed_while_the_clients_train_gives_the_same_weights(tmp_path):
+    """run.overlap-central: the prefetched central update (Simulation Engine: clients in Ray workers) reaches the
+    weights of computing it after the clients, bitwise, on the same thread count."""
+    from fedasr.federated import launch
+    from fedasr.federated.ray_session import shared_ray
+
+    runs = {}
+    with shared_ray(2):
+        for overlap in (True, False):
+            cfg = _cfg(tmp_path, f"overlap-{overlap}", num_rounds=3, central_mix=0.5)
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overlap_central=overlap, server_threads=1))
+            runs[overlap] = launch.run_simulation(cfg, central_toy_task)
+    a, b = _weights(runs[True]), _weights(runs[False])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(r["central"]["status"] == "ok" for k, r in _rows(runs[True]).items() if k > 0)
+
+
 def test_a_task_without_server_data_keeps_the_clients_round(tmp_path):
     mixed = _cfg(tmp_path, "mixed", num_rounds=1, central_mix=0.5)
     plain = _cfg(tmp_path, "plain", num_rounds=1)

@@ -28,7 +28,8 @@ def _cfg(tmp_path, run_id="r", **fed):
     """The toy run's config; ``fed`` holds [fed] keys, nested tables as dicts (``omc={"bits": 8}``)."""
     fed = {"num_rounds": 2, "clients_per_round": 3, "eval_every": 0, **fed}
     return FederatedConfig(fed=config.from_dict(FedConfig, fed, prefix="fed"), task=TaskSpec("toy", {"num-clients": 8}),
-                           run=RunSpec(experiment="t", run_id=run_id, results_root=str(tmp_path)))
+                           run=RunSpec(experiment="t", run_id=run_id, results_root=str(tmp_path),
+                                       overlap_central=False))  # clients run in this process (InProcessGrid)
 
 
 class Recorder:

@@ -82,7 +82,7 @@ def _execute(name: str, out, parameters: dict):
 
     return papermill.execute_notebook(str(REPO_ROOT / "notebooks" / f"{name}.ipynb"), str(out),
                                       parameters=parameters, cwd=str(REPO_ROOT), progress_bar=False,
-                                      execution_timeout=600)
+                                      execution_timeout=600, kernel_manager_class=notebook.ipc_kernel_manager())
 
 
 def _teaching(name: str, results_root, seed) -> dict:

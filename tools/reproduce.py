@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import papermill as pm
 
+    from fedasr.notebook import ipc_kernel_manager
+
     os.chdir(ROOT)
     t0 = time.perf_counter()
     steps = []
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             pm.execute_notebook(f"notebooks/{name}.ipynb", str(out_dir / f"{name}.ipynb"), cwd=str(ROOT),
                                 parameters=notebook_parameters(name, args.size, args.results_root),
-                                progress_bar=False)
+                                progress_bar=False, kernel_manager_class=ipc_kernel_manager())
             status = "ok"
         except Exception as e:  # noqa: BLE001 — record it, keep the results of the others
             status = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300]

@@ -147,7 +147,12 @@ class RunSpec:
     # torch threads of the server's own work (evaluation, Mixed FL's central update): it runs between rounds while
     # the clients wait, so it may use the cores the clients use (2 clients x 1 thread on 2 cores, DESIGN §6).
     # While the clients train the server process holds 1 thread. A result depends on it at the last float bit only.
+    # On a machine busy with other work set 1: two threads under other load can run far slower (DESIGN §6).
     server_threads: int = 2
+    # Mixed FL's central update depends only on the round's global weights: compute it on 1 thread while the
+    # clients train (they run in other processes on every Flower engine) instead of after them. Same result;
+    # a grid that runs its clients inside the server process (the tests' in-process grid) must turn it off.
+    overlap_central: bool = True
 
 
 @dataclass

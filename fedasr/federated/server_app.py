@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from logging import INFO
 from pathlib import Path
 
@@ -80,19 +82,27 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
     run_id = cfg.run.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     ckpt_file = checkpoint_path(Path(cfg.run.results_root) / cfg.run.experiment / run_id)
     resume = cfg.run.resume and ckpt_file.exists()
-    run = results.new_run(cfg.run.experiment, cfg, cfg.run.results_root, run_id, resume=cfg.run.resume)
     model = task.build_model()
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # a checkpoint that does not fit this model fails before the run folder is touched (fedasr.fuzz, "runs")
+    ckpt = _fitting_checkpoint(ckpt_file, weights) if resume else None
+    run = results.new_run(cfg.run.experiment, cfg, cfg.run.results_root, run_id, resume=cfg.run.resume)
     omc_names = omc.select_quantized(model, fed.omc) if fed.omc.enabled else ()
-    central = None
+    central = prefetch = None
     if fed.central_mix > 0:  # Mixed FL: the server's update on its own proxy data (uses the eval model's memory)
+        prefetch = CentralPrefetch(lambda r, w: central_update(task, model, w, fed, r))
+        # one thread count for every central update of a run, prefetched or not (a resumed run's first one is not)
+        central_threads = 1 if cfg.run.overlap_central else cfg.run.server_threads
+
         def central(server_round: int, global_weights: dict[str, torch.Tensor]) -> Update:
-            with torch_threads(cfg.run.server_threads):  # the clients have finished the round: their cores are free
+            done = prefetch.result(server_round, global_weights)  # computed while the clients trained
+            if done is not None:
+                return done
+            with torch_threads(central_threads):  # the clients have finished the round: their cores are free
                 return central_update(task, model, global_weights, fed, server_round)
     strategy = build_strategy(fed, task.client_ids(), weights, trainable_names(model), omc_names, central)
     start_round = 1
     if resume:
-        ckpt = load_checkpoint(ckpt_file)
         weights.update(ckpt["weights"])
         strategy.server_opt.load_state_dict(ckpt["server_opt"])
         restore_rng_state(ckpt["rng"])
@@ -105,11 +115,20 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
         if not _should_eval(fed, server_round):
             return None
         state = arrays.to_torch_state_dict()
+        # the first and the last evaluation keep every hypothesis (per-utterance evidence: fedasr.quality_evidence)
+        hyps: dict[str, dict[str, str]] | None = {} if server_round in (0, fed.num_rounds) and _keeps_hypotheses(task) \
+            else None
         with torch_threads(cfg.run.server_threads):  # between rounds: the clients' cores are free
             if server_round == 0:
-                return MetricRecord(initial_evaluation(task, model, state))
-            model.load_state_dict(state)
-            return MetricRecord({k: float(v) for k, v in task.evaluate(model).items()})
+                metrics = initial_evaluation(task, model, state, hyps)
+            else:
+                model.load_state_dict(state)
+                metrics = {k: float(v) for k, v in (task.evaluate(model, hypotheses=hyps) if hyps is not None
+                                                    else task.evaluate(model)).items()}
+        if hyps is not None:
+            lines = ({"split": sp, "id": i, "hyp": h} for sp in sorted(hyps) for i, h in sorted(hyps[sp].items()))
+            results.write_jsonl(run.hypotheses_path(server_round), lines)
+        return MetricRecord(metrics)
 
     bar = tqdm(total=fed.num_rounds, initial=start_round - 1, unit="round", desc=f"{cfg.run.experiment}/{run_id}",
                disable=not cfg.run.progress, mininterval=1.0, dynamic_ncols=True)
@@ -124,6 +143,8 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
         if server_round > 0 and due:
             save_checkpoint(ckpt_file, strategy.weights, strategy.server_opt.state_dict(), server_round,
                             capture_rng_state(), cfg)
+        if prefetch is not None and cfg.run.overlap_central and server_round < fed.num_rounds:
+            prefetch.start(server_round + 1, strategy.weights)  # the next round's global weights are final now
 
     # Run the rounds
     t0 = time.perf_counter()
@@ -132,6 +153,8 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
                        evaluate_fn=evaluate_fn, start_round=start_round, on_round_end=on_round_end)
     finally:
         bar.close()
+        if prefetch is not None:
+            prefetch.close()
     summary = summarize_rounds(run.rounds())
     summary.update(experiment=cfg.run.experiment, run_id=run_id, strategy=fed.strategy,
                    resumed_after_round=start_round - 1 if resume else None,
@@ -140,15 +163,71 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
     return run
 
 
+def _fitting_checkpoint(path: Path, weights: dict[str, torch.Tensor]) -> dict:
+    """Load the checkpoint at ``path``; raise ValueError naming it if its variables or shapes are not ``weights``'."""
+    ckpt = load_checkpoint(path)
+    theirs = {k: tuple(v.shape) for k, v in ckpt["weights"].items()}
+    ours = {k: tuple(v.shape) for k, v in weights.items()}
+    if theirs != ours:
+        diff = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+        raise ValueError(f"{path} does not fit this run's model ({len(diff)} variable(s) differ in name or shape, "
+                         f"e.g. {diff[:3]}): resume with the config that wrote it")
+    return ckpt
+
+
+class CentralPrefetch:
+    """Mixed FL's central update for round ``r + 1``, started when round ``r`` ends (its weights are then final)
+    and computed on 1 torch thread while the clients train; `result` hands it over if it was computed at the same
+    weights (checked), else returns None and the caller computes it. One job at a time, in one worker thread; it
+    uses the server's evaluation model, which nothing else touches between the end of a round's evaluation and
+    the next round's mixing.
+
+    Same numbers as computing it after the clients: the update is a function of (weights, seed, round) only;
+    the thread count changes float summation order at most (`run.server-threads`; 1 here).
+    """
+
+    def __init__(self, fn: Callable[[int, dict[str, torch.Tensor]], Update]) -> None:
+        self._fn = fn
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central")
+        self._job: tuple[int, dict[str, torch.Tensor], Future] | None = None
+
+    def _run(self, server_round: int, weights: dict[str, torch.Tensor]) -> Update:
+        with torch_threads(1):  # the clients own the cores while it runs
+            return self._fn(server_round, weights)
+
+    def start(self, server_round: int, weights: dict[str, torch.Tensor]) -> None:
+        snapshot = {k: v.detach().clone() for k, v in weights.items()}
+        self._job = (server_round, snapshot, self._pool.submit(self._run, server_round, snapshot))
+
+    def result(self, server_round: int, weights: dict[str, torch.Tensor]) -> Update | None:
+        job, self._job = self._job, None
+        if job is None:
+            return None
+        rnd, snapshot, future = job
+        update = future.result()  # an exception propagates: the strategy records the central update as failed
+        same = rnd == server_round and snapshot.keys() == weights.keys() and all(
+            torch.equal(snapshot[k], weights[k]) for k in weights)
+        return update if same else None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 # Round-0 evaluations of this process: the variants of an experiment start from one seed model and evaluate on
 # the same test sets, so their round 0 is one evaluation (a deterministic function of weights and task).
-_INITIAL_EVALS: dict[tuple[str, str], dict[str, float]] = {}
+_INITIAL_EVALS: dict[tuple[str, str], tuple[dict[str, float], dict[str, dict[str, str]] | None]] = {}
 
 
-def initial_evaluation(task: FederatedTask, model: torch.nn.Module,
-                       state: dict[str, torch.Tensor]) -> dict[str, float]:
+def _keeps_hypotheses(task: FederatedTask) -> bool:
+    """Whether ``task.evaluate`` can hand back its hypotheses (a ``hypotheses`` argument)."""
+    return "hypotheses" in inspect.signature(task.evaluate).parameters
+
+
+def initial_evaluation(task: FederatedTask, model: torch.nn.Module, state: dict[str, torch.Tensor],
+                       hypotheses: dict[str, dict[str, str]] | None = None) -> dict[str, float]:
     """``task.evaluate`` of ``state``, computed once per process for tasks that name what their evaluation depends
-    on (``task.eval_identity()``) and identical initial weights (a sha256 over the state)."""
+    on (``task.eval_identity()``) and identical initial weights (a sha256 over the state). ``hypotheses``, if
+    given, receives the evaluation's hypotheses (computed again if the cached evaluation did not keep them)."""
     key = None
     if hasattr(task, "eval_identity"):
         digest = hashlib.sha256()
@@ -156,12 +235,17 @@ def initial_evaluation(task: FederatedTask, model: torch.nn.Module,
             digest.update(name.encode())
             digest.update(state[name].detach().contiguous().cpu().numpy().tobytes())
         key = (task.eval_identity(), digest.hexdigest())
-        if key in _INITIAL_EVALS:
-            return dict(_INITIAL_EVALS[key])
+        cached = _INITIAL_EVALS.get(key)
+        if cached is not None and (hypotheses is None or cached[1] is not None):
+            if hypotheses is not None:
+                hypotheses.update({split: dict(h) for split, h in cached[1].items()})
+            return dict(cached[0])
     model.load_state_dict(state)
-    metrics = {k: float(v) for k, v in task.evaluate(model).items()}
+    metrics = {k: float(v) for k, v in (task.evaluate(model, hypotheses=hypotheses) if hypotheses is not None
+                                        else task.evaluate(model)).items()}
     if key is not None:
-        _INITIAL_EVALS[key] = dict(metrics)
+        _INITIAL_EVALS[key] = (dict(metrics), {s: dict(h) for s, h in hypotheses.items()} if hypotheses is not None
+                               else None)
     return metrics
 
 

@@ -1,0 +1,124 @@
+"""``results/quality/evidence.json``: the quality ablation as means over seeds with intervals (issue 18).
+
+Each federated run writes the hypotheses of its first and last evaluation (``<run>/hypotheses/round<NNN>.jsonl``,
+one ``{"split", "id", "hyp"}`` per line; `fedasr.federated.server_app`). This module scores them utterance by
+utterance against the corpus (`fedasr.evidence.utterance_scores`) and writes, for the metrics of the ablation:
+
+* ``wer_user``: WER on ``user_test`` (clients never seen in training);
+* ``wer_new_terms``: WER on the ``user_heldout`` utterances that contain the speaker's own new terms (seen users);
+* ``wer_proxy``: WER on ``proxy_test`` (the server domain: forgetting);
+* ``term_recall``: share of those new-term words recognised (`fedasr.metrics.term_recall`),
+
+a row per variant (the seed model first: round 0 of the runs; the headline configuration last) with the mean over
+seeds and its Student-t 95% interval, and the paired comparisons — each row against the one before it, the
+headline against the seed model and against FL on hypotheses — as relative deltas with two-level bootstrap
+intervals (`fedasr.evidence.paired_delta`) and a verdict. ``tuned_on`` names the splits the configuration's
+choices were made on (declared in the experiment config, never inferred).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from fedasr import data as data_lib
+from fedasr import evidence
+
+__all__ = ["METRICS", "hypotheses_file", "read_hypotheses", "run_scores", "build"]
+
+# metric → (test split, only utterances with new terms, what is measured)
+METRICS: dict[str, tuple[str, bool, str]] = {
+    "wer_user": ("user_test", False, "wer"),
+    "wer_new_terms": ("user_heldout", True, "wer"),
+    "wer_proxy": ("proxy_test", False, "wer"),
+    "term_recall": ("user_heldout", True, "term_recall"),
+}
+
+
+def hypotheses_file(run_dir: str | Path, server_round: int) -> Path:
+    """Where a run keeps the hypotheses of its evaluation after ``server_round``."""
+    return Path(run_dir) / "hypotheses" / f"round{server_round:03d}.jsonl"
+
+
+def read_hypotheses(path: str | Path) -> dict[str, dict[str, str]]:
+    """``{split: {utterance id: hypothesis}}`` from a hypotheses file."""
+    out: dict[str, dict[str, str]] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    d = json.loads(line)
+                    out.setdefault(d["split"], {})[d["id"]] = d["hyp"]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ValueError(f"{path}:{n}: not a hypothesis line ({e})") from e
+    return out
+
+
+
+
+def run_scores(hyps: Mapping[str, Mapping[str, str]], refs: Mapping[str, Sequence[data_lib.Utterance]],
+               metrics: Sequence[str] = tuple(METRICS)) -> dict[str, evidence.Scores]:
+    """Per-utterance scores of one evaluation for each metric (its split, restricted to new terms where due)."""
+    out = {}
+    for m in metrics:
+        split, terms_only, _ = METRICS[m]
+        utts = [u for u in refs[split] if u.terms or not terms_only]
+        out[m] = evidence.utterance_scores({u.id: u.text for u in utts}, {u.id: u.terms for u in utts},
+                                           hyps.get(split, {}), ids=[u.id for u in utts])
+    return out
+
+
+def _value(scores: evidence.Scores, metric: str) -> float:
+    return scores.term_recall if METRICS[metric][2] == "term_recall" else scores.wer
+
+
+def build(runs: Mapping[str, Sequence[str | Path]], corpus: str | Path, seeds: Sequence[int],
+          tuned_on: Sequence[str], headline: str | None = None, baseline: str = "no_refinement",
+          n_boot: int = 2000) -> dict:
+    """The evidence of an ablation.
+
+    Args:
+        runs: variant → one hypotheses file per seed (in the order of ``seeds``); the first entry is the seed
+            model (``"seed"``: its round-0 hypotheses), the last the headline configuration.
+        corpus: the corpus folder whose test splits were decoded.
+        seeds: the experiment's seeds.
+        tuned_on: the splits the configuration's choices were made on.
+        headline: the headline variant (default: the last of ``runs``).
+        baseline: FL on the phones' own hypotheses, which the headline is also compared with.
+    """
+    names = list(runs)
+    headline = headline or names[-1]
+    for name, files in runs.items():
+        if len(files) != len(seeds):
+            raise ValueError(f"variant {name!r}: {len(files)} runs for {len(seeds)} seeds")
+    refs = data_lib.load_corpus(corpus, splits=sorted({METRICS[m][0] for m in METRICS}))
+    hyps = {name: [read_hypotheses(f) for f in files] for name, files in runs.items()}
+    # a metric needs its split in the corpus and in every evaluation (an experiment may evaluate fewer splits)
+    metrics = [m for m in METRICS if refs.get(METRICS[m][0]) and all(METRICS[m][0] in h for hs in hyps.values()
+                                                                     for h in hs)]
+    if not metrics:
+        raise ValueError(f"no metric of {list(METRICS)} can be scored: their splits are not in {corpus} "
+                         "or not in the runs' hypotheses")
+    scores = {name: [run_scores(h, refs, metrics) for h in hs] for name, hs in hyps.items()}
+    rows = []
+    for name in names:
+        row = {"variant": name, "n_seeds": len(seeds)}
+        row.update({m: evidence.mean_ci([_value(s[m], m) for s in scores[name]]) for m in metrics})
+        rows.append(row)
+    pairs = list(zip(names, names[1:]))
+    pairs += [(a, headline) for a in (names[0], baseline)
+              if a in scores and (a, headline) not in pairs and a != headline]
+    comparisons = []
+    for a, b in pairs:
+        for m in metrics:
+            d = evidence.paired_delta([s[m] for s in scores[a]], [s[m] for s in scores[b]], METRICS[m][2],
+                                      n_boot=n_boot)
+            comparisons.append({"a": a, "b": b, "metric": m, "delta_rel": d, "verdict": evidence.verdict(d["ci95"])})
+    return {"seeds": list(seeds), "tuned_on": list(tuned_on), "headline": headline,
+            "test_splits": {m: METRICS[m][0] + (" (utterances with new terms)" if METRICS[m][1] else "")
+                            for m in metrics},
+            "utterances": {m: int(len(scores[names[0]][0][m].ids)) for m in metrics},
+            "rows": rows, "comparisons": comparisons,
+            "method": "rows: mean over seeds, Student-t 95% interval; comparisons: (b - a) / a of the pooled metric, "
+                      f"paired two-level bootstrap over seeds and utterances ({n_boot} replicates, percentile 95%)"}

@@ -1,0 +1,123 @@
+"""fedasr.evidence: per-utterance scores, intervals over seeds, paired bootstrap deltas."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fedasr import evidence, metrics
+
+REFS = {"u1": "call anna smith now", "u2": "set a timer", "u3": "navigate to oslo", "u4": "play music"}
+TERMS = {"u1": ("anna smith",), "u3": ("oslo",)}
+HYPS = {"u1": "call ana smith now", "u2": "set a timer please", "u3": "navigate to oslo", "u4": ""}
+
+
+def test_scores_agree_with_the_corpus_metrics():
+    s = evidence.utterance_scores(REFS, TERMS, HYPS)
+    ids = sorted(REFS)
+    assert s.wer == pytest.approx(metrics.wer([REFS[i] for i in ids], [HYPS[i] for i in ids]))
+    tr = metrics.term_recall([TERMS.get(i, ()) for i in ids], [HYPS[i] for i in ids])
+    assert s.term_recall == pytest.approx(tr["recall"]) and s.terms_total.sum() == tr["total"] == 3
+    sub = s.subset([bool(TERMS.get(i)) for i in s.ids])
+    assert sub.ids == ("u1", "u3") and sub.wer == pytest.approx(1 / 7)
+
+
+def test_a_missing_hypothesis_counts_as_deletions():
+    s = evidence.utterance_scores(REFS, {}, {k: v for k, v in REFS.items() if k != "u2"})
+    assert s.errors.tolist() == [0, 3, 0, 0] and s.words.sum() == 12
+
+
+def test_mean_ci_is_the_student_t_interval():
+    out = evidence.mean_ci([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) · sd 1 / sqrt(3)
+    assert out["mean"] == 2.0 and out["ci95"] == pytest.approx([2 - half, 2 + half]) and out["n"] == 3
+    assert evidence.mean_ci([0.5])["ci95"] == [None, None]
+
+
+def _fake(errors, words):
+    n = len(words)
+    z = np.zeros(n, dtype=np.int64)
+    return evidence.Scores(tuple(f"u{i}" for i in range(n)), np.asarray(errors), np.asarray(words), z, z)
+
+
+def test_paired_delta_finds_a_real_halving_and_no_difference_between_equals():
+    rng = np.random.default_rng(1)
+    words = rng.integers(3, 12, size=300)
+    a = [_fake(rng.binomial(words, 0.4), words) for _ in range(3)]
+    b = [_fake(rng.binomial(words, 0.2), words) for _ in range(3)]
+    d = evidence.paired_delta(a, b)
+    assert -0.6 < d["mean"] < -0.4 and d["ci95"][1] < 0 and evidence.verdict(d["ci95"]) == "lower"
+    same = evidence.paired_delta(a, a)
+    assert same["mean"] == 0.0 and same["ci95"] == [0.0, 0.0]
+    assert evidence.verdict(same["ci95"]) == "no measurable difference"
+    # two runs of the same error process: the interval covers zero
+    c = [_fake(rng.binomial(words, 0.4), words) for _ in range(3)]
+    assert evidence.verdict(evidence.paired_delta(a, c)["ci95"]) == "no measurable difference"
+
+
+def test_paired_delta_rejects_unpaired_inputs():
+    words = np.array([3, 4])
+    with pytest.raises(ValueError, match="same number of seeds"):
+        evidence.paired_delta([_fake([1, 1], words)], [])
+    other = evidence.Scores(("x", "y"), np.array([1, 1]), words, np.zeros(2), np.zeros(2))
+    with pytest.raises(ValueError, match="same utterances"):
+        evidence.paired_delta([_fake([1, 1], words)], [other])
+    with pytest.raises(ValueError, match="unknown metric"):
+        evidence.paired_delta([_fake([1, 1], words)], [_fake([1, 1], words)], metric="bleu")
+
+
+def _corpus(root):
+    from fedasr import data
+
+    utts = {"user_test": [("t1", "set a timer", ()), ("t2", "play some jazz", ())],
+            "user_heldout": [("h1", "call anna smith", ("anna smith",)), ("h2", "lights on", ()),
+                             ("h3", "navigate to oslo", ("oslo",))],
+            "proxy_test": [("p1", "what is the weather", ()), ("p2", "turn it off", ())]}
+    for split, rows in utts.items():
+        out = []
+        for i, text, terms in rows:
+            path = root / "audio" / f"{i}.flac"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+            out.append(data.Utterance(id=i, path=str(path), text=text, duration=1.0, speaker="s", voice="v",
+                                      client="c1" if split.startswith("user") else None, split=split,
+                                      domain="user" if split.startswith("user") else "proxy", terms=terms))
+        data.write_manifest(root / "manifests" / f"{split}.jsonl", out, root)
+    (root / "corpus.json").write_text("{}")
+    return {s: {i: t for i, t, _ in rows} for s, rows in utts.items()}
+
+
+def _hyps(path, refs, change=None):
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for split, by_id in refs.items():
+            for i, text in by_id.items():
+                f.write(json.dumps({"split": split, "id": i, "hyp": (change or {}).get(i, text)}) + "\n")
+    return path
+
+
+def test_quality_evidence_rows_and_comparisons(tmp_path):
+    from fedasr import quality_evidence
+
+    refs = _corpus(tmp_path / "corpus")
+    bad = {"t1": "set timer", "h1": "call ana smith", "h3": "navigate to", "p1": "what is weather"}
+    better = {"t1": "set timer", "h3": "navigate to"}
+    runs = {"seed": [_hyps(tmp_path / f"s{k}" / "seed.jsonl", refs, bad) for k in range(3)],
+            "no_refinement": [_hyps(tmp_path / f"s{k}" / "nr.jsonl", refs, bad) for k in range(3)],
+            "filtering": [_hyps(tmp_path / f"s{k}" / "f.jsonl", refs, better) for k in range(3)]}
+    ev = quality_evidence.build(runs, tmp_path / "corpus", seeds=[0, 1, 2], tuned_on=["user_dev"], n_boot=200)
+    assert [r["variant"] for r in ev["rows"]] == ["seed", "no_refinement", "filtering"]
+    seed, _, full = ev["rows"]
+    assert seed["wer_user"]["mean"] == pytest.approx(1 / 6) and seed["n_seeds"] == 3
+    assert seed["wer_new_terms"]["mean"] == pytest.approx(2 / 6)  # h1, h3: 6 words, 2 errors
+    assert seed["term_recall"]["mean"] == pytest.approx(1 / 3) and full["term_recall"]["mean"] == pytest.approx(2 / 3)
+    assert full["wer_proxy"]["mean"] == 0.0 and ev["tuned_on"] == ["user_dev"] and ev["headline"] == "filtering"
+    pairs = {(c["a"], c["b"], c["metric"]): c for c in ev["comparisons"]}
+    assert set(pairs) >= {("seed", "no_refinement", "wer_user"), ("no_refinement", "filtering", "wer_proxy"),
+                          ("seed", "filtering", "term_recall")}
+    assert pairs[("seed", "filtering", "wer_new_terms")]["delta_rel"]["mean"] == pytest.approx(-0.5)
+    assert pairs[("seed", "no_refinement", "wer_user")]["verdict"] == "no measurable difference"
+    with pytest.raises(ValueError, match="2 runs for 3 seeds"):
+        quality_evidence.build({"seed": runs["seed"][:2]}, tmp_path / "corpus", seeds=[0, 1, 2], tuned_on=[])
