@@ -19,7 +19,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
 .PHONY: help setup system-deps data summary seed seed-full efficiency efficiency-quality smoke deployment-demo \
-        federated import-librispeech import-commonvoice quality quality-seeds quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
+        federated reliability privacy-audit dp-quick import-librispeech import-commonvoice quality quality-seeds quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
         compare test test-all test-gpu clean-data
 
 help:  ## list targets
@@ -59,8 +59,8 @@ efficiency-quality: seed  ## WER cost of the device-budget methods at small scal
 smoke: setup  ## 2 rounds of the toy task on Flower's Simulation Engine (a minute)
 	$(PY) -m fedasr.federated.launch simulation --set fed.num-rounds=2 --set run.experiment='"smoke"'
 
-deployment-demo: setup  ## the same app on a loopback SuperLink + 2 SuperNodes (Deployment Engine)
-	$(PY) -m fedasr.federated.launch deployment --set fed.num-rounds=2 --set run.experiment='"deployment-demo"'
+deployment-demo: seed  ## the ASR task on a loopback SuperLink + 2 SuperNodes with TLS + node auth (INSECURE=1: without) → results/reliability/parts/deployment.json
+	$(PY) tools/deployment_demo.py --rounds $(or $(ROUNDS),2) $(if $(filter 1,$(INSECURE)),--insecure)
 
 federated: seed  ## FedSGD vs FedAvg on the user domain from the seed (configs/federated/$(PROFILE).toml)
 	$(PY) -c "from fedasr import config, experiments as e; e.run_federated_experiment(config.load(e.FederatedExperiment, 'configs/federated/$(PROFILE).toml'))"
@@ -75,6 +75,19 @@ import-librispeech: setup  ## import a LibriSpeech tree: make import-librispeech
 
 import-commonvoice: setup  ## import a Common Voice language folder: make import-commonvoice SRC=.../en OUT=data/cv-en
 	$(PY) -m fedasr.importers commonvoice $(SRC) --out $(or $(OUT),data/commonvoice) $(ARGS)
+
+reliability: seed  ## client faults (quick ASR), SIGKILL + resume, fuzz → results/reliability/{parts/*.json,summary.json}
+	$(PY) -m fedasr.reliability faults     # configs/reliability/faults.toml: clean + 30%-faulty FedSGD, 20 rounds each
+	$(PY) -m fedasr.reliability resume     # toy task: server SIGKILLed mid-run, resumed, final weights compared bitwise
+	$(PY) -m fedasr.fuzz                   # malformed inputs at every entry point
+	$(PY) -m fedasr.reliability assemble   # merges every parts/*.json (deployment, dp, secagg, privacy too) → summary.json
+
+privacy-audit: setup  ## what leaves a device: audit every ClientApp reply on data/tiny → results/reliability/parts/privacy.json
+	$(MAKE) data PROFILE=tiny
+	$(PY) -m tests.test_privacy_messages
+
+dp-quick: seed  ## WER against ε at the quick profile (configs/privacy/dp.toml) → results/reliability/parts/dp.json, dp.png
+	$(PY) tools/dp_quick.py
 
 quality-seeds: seed  ## the ablation over seeds 0, 1, 2 → results/quality/{wer,evidence}.json (3 x notebook 04's time)
 	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/$(PROFILE).toml', {'seeds': [0, 1, 2]}))"

@@ -232,11 +232,11 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, A
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
         try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: invalid TOML ({e})") from None
         data = data.get("tool", {}).get("fedasr", data) if "tool" in data else data
     try:

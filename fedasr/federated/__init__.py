@@ -12,7 +12,13 @@ translators over them:
 * `checkpoint` — the server's checkpoint for resuming a run.
 * `strategies` — Flower strategies (FedSGD, FedAvg + server optimizer) that sample clients, not nodes.
 * `client_app` / `server_app` — thin Flower adapters (``app`` objects for ``flwr run``).
-* `launch` — one call per engine: `run_simulation`, `run_flwr_local`, `run_deployment_local`.
+* `launch` — one call per engine: `run_simulation`, `run_flwr_local`, `run_deployment_local`;
+  `ray_session` — one Ray instance for the runs of an experiment.
+* `security` — throwaway credentials: a CA, the SuperLink's TLS certificate, SuperNode key pairs.
+* `deployment` — the Deployment Engine's command lines, the `flwr` connection, node registration and refusal.
+* `privacy` — user-level DP (clip as sent, noise, accountant) and its paper-scale plan; `audit` — what leaves a
+  device: the check of a ClientApp reply.
+* `faults` — client faults on purpose (crashes, stragglers, NaN/Inf, wrong shapes, absurd norms).
 * `toy` — a small non-IID task implementing `FederatedTask`, for tests, smoke runs and the bench.
 
 Seeds and client sampling live in `fedasr.seeding`. Importing this package does not import Flower.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from fedasr.federated.client_update import Update
 from fedasr.federated.config import FedConfig
 
-__all__ = ["validate_update", "aggregate", "mix_central", "ServerOptimizer"]
+__all__ = ["validate_update", "norm_outliers", "aggregate", "mix_central", "ServerOptimizer"]
 
 
 def validate_update(
@@ -33,7 +34,8 @@ def validate_update(
 
     Reasons: ``no-examples``, ``empty``, ``unknown-variable:<name>``, ``missing-variables:<n>``
     (only when ``required_keys`` is given, i.e. partial updates are not allowed),
-    ``shape-mismatch:<name>``, ``non-finite:<name>`` (NaN or Inf).
+    ``shape-mismatch:<name>``, ``bad-dtype:<name>`` (not floating point: int, bool, complex),
+    ``non-finite:<name>`` (NaN or Inf).
     """
     if not update.num_examples or update.num_examples <= 0 or not math.isfinite(update.num_examples):
         return "no-examples"
@@ -44,6 +46,8 @@ def validate_update(
             return f"unknown-variable:{name}"
         if tuple(a.shape) != tuple(reference_shapes[name]):
             return f"shape-mismatch:{name}"
+        if not torch.is_floating_point(torch.as_tensor(a)):  # an int/bool/complex "gradient" is garbage, not data
+            return f"bad-dtype:{name}"
     if required_keys is not None:
         missing = [k for k in required_keys if k not in update.arrays]
         if missing:
@@ -54,6 +58,26 @@ def validate_update(
         if not bool(torch.isfinite(a.sum())) and not bool(torch.isfinite(a).all()):
             return f"non-finite:{name}"
     return None
+
+
+def norm_outliers(updates: Sequence[Update], max_ratio: float) -> dict[str, str]:
+    """Return ``{client_id: reason}`` for updates whose L2 norm exceeds ``max_ratio`` x the round's median norm.
+
+    The bound (``fed.faults.max-norm-ratio``, default 100; `fedasr.federated.faults`) excludes absurd norms (a
+    corrupted or scaled upload) without judging honest spread: honest FedSGD gradients and FedAvg deltas differ
+    by a few x. The median is the lower median of all the round's norms, an honest norm while fewer than half are
+    absurd. Nothing is excluded with ``max_ratio`` <= 0, fewer than 3 updates (with 2 the median cannot tell which
+    is absurd), updates over different variables (partial training: norms are not comparable) or a zero median.
+    Reason: ``norm-outlier:<norm / median>x``. Not a defence against a crafted (Byzantine) update within the bound.
+    """
+    if max_ratio <= 0 or len(updates) < 3 or len({frozenset(u.arrays) for u in updates}) > 1:
+        return {}
+    norms = [math.sqrt(sum(float(torch.linalg.vector_norm(torch.as_tensor(a).float())) ** 2
+                           for a in u.arrays.values())) for u in updates]
+    median = statistics.median_low(norms)
+    if not median > 0:
+        return {}
+    return {u.client_id: f"norm-outlier:{n / median:.3g}x" for u, n in zip(updates, norms) if not n <= max_ratio * median}
 
 
 def aggregate(updates: Sequence[Update], weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:

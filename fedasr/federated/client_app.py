@@ -19,7 +19,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from fedasr import omc
-from fedasr.federated import transport
+from fedasr.federated import faults, privacy, transport
 from fedasr.federated.client_update import client_update
 from fedasr.federated.config import (
     FedConfig,
@@ -104,7 +104,11 @@ def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = N
     # with a readable reason that the server records, instead of an opaque runtime exception
     try:
         global_state = _global_state(msg, conf, fed, model)
-        update = client_update(task, model, client_id, global_state, fed, client_seed, server_round)
+        # [fed.faults]: a fault drawn from (seed, round, client) crashes, delays or corrupts what is sent, on purpose
+        fault = faults.draw_fault(fed.faults, fed.seed, server_round, client_id)
+        update = faults.run_with_fault(fault, fed.faults, fed.round_timeout_s, client_id, lambda: (
+            privacy.privatize_client_update(  # [fed.dp]: clip as sent; WCA noise
+                client_update(task, model, client_id, global_state, fed, client_seed, server_round), fed, client_seed)))
     except Exception as e:  # noqa: BLE001 — any client failure must reach the server as a reason
         return Message(Error(code=CLIENT_DECLINED, reason=f"{type(e).__name__}: {e}"[:500]), reply_to=msg)
     # Construct and return the reply Message

@@ -10,6 +10,8 @@ dataclasses are the ones the methods use::
     [fed.transport.upload]      compression.CodecConfig
     [fed.omc]                   omc.OMCConfig             (paper §2.4.1 Online Model Compression)
     [fed.partial]               partial.PartialConfig     (paper §2.4.2 partial model training)
+    [fed.dp]                    DPConfig                  (user-level DP; fedasr.federated.privacy)
+    [fed.faults]                faults.FaultConfig        (injected client faults, the server's norm bound)
 
 Keys of the first wave's flat schema (``fed.omc-bits``, ``fed.upload-codec``, ``fed.partial-policy``, ...)
 fail with a message naming their new key (`FedConfig.__renamed__`).
@@ -23,12 +25,39 @@ from typing import Any, ClassVar, Literal
 
 from fedasr import config as config_lib
 from fedasr.compression import TransportConfig
+from fedasr.federated.faults import FaultConfig
 from fedasr.omc import OMCConfig
 from fedasr.partial import PartialConfig
 from fedasr.refinement import WCAMethod
 
-__all__ = ["FedConfig", "TaskSpec", "RunSpec", "FederatedConfig", "FEDERATED_TABLES", "config_from_run_config",
-           "fed_to_flat", "fed_from_flat"]
+__all__ = ["DPConfig", "FedConfig", "TaskSpec", "RunSpec", "FederatedConfig", "FEDERATED_TABLES",
+           "config_from_run_config", "fed_to_flat", "fed_from_flat"]
+
+
+@dataclass
+class DPConfig:
+    """User-level differential privacy (``[fed.dp]``; `fedasr.federated.privacy` has the maths). Off by default.
+
+    DP-FedSGD / DP-FedAvg (McMahan et al. 2018): each client's update, as sent, is clipped to L2 norm ``clip``
+    on the device (before transport encoding) and again on the server after decoding; the server adds
+    N(0, (noise-multiplier·clip)²) to the sum of bounded-weight updates and divides by the clients sampled.
+    """
+
+    enabled: bool = False  # clip + noise + accountant; False leaves every update exactly as without DP
+    clip: float = 1.0  # C: L2 bound of a client's whole update (gradient or delta, all variables it sends)
+    noise_multiplier: float = 0.0  # z: noise std z·C on the clipped sum (z·C/K on the mean); 0 = no ε
+    weighting: Literal["uniform", "capped"] = "uniform"  # w_i = 1, or min(1, a_i / weight-cap) (privacy docstring)
+    weight_cap: float = 1.0  # "capped": a client's own weight a_i (n_i, WCA corrections / loss) that gets w_i = 1
+    delta: float = 0.0  # δ of the reported ε; 0 = 1 / population
+    accounting: Literal["without-replacement", "poisson"] = "without-replacement"  # sampling model of ε
+    histogram_noise: Literal["none", "laplace", "gaussian"] = "none"  # device noise on the WCA histogram
+    histogram_scale: float = 1.0  # its Laplace scale b or Gaussian std σ, in counts (applies without `enabled`)
+
+    def __post_init__(self) -> None:
+        if self.clip <= 0 or self.weight_cap <= 0 or self.histogram_scale <= 0:
+            raise ValueError("dp.clip, dp.weight-cap and dp.histogram-scale must be > 0")
+        if self.noise_multiplier < 0 or not 0 <= self.delta < 1:
+            raise ValueError("dp.noise-multiplier must be >= 0 and dp.delta in [0, 1)")
 
 
 @dataclass
@@ -97,6 +126,10 @@ class FedConfig:
     # The random policy draws from (seed, round, client); the budget policy's round shape comes from the
     # client's own data and its budget from partial.budget-mib or the client's device tier.
     partial: PartialConfig = field(default_factory=PartialConfig)
+    # User-level differential privacy (fedasr.federated.privacy): clip what is sent, noise the aggregate, ε.
+    dp: DPConfig = field(default_factory=DPConfig)
+    # Client faults on purpose (fedasr.federated.faults; off by default) and the server's bound on update norms.
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
         if self.num_rounds < 0 or self.clients_per_round < 1 or self.min_successful_clients < 1:
@@ -114,6 +147,9 @@ class FedConfig:
             if self.strategy == "fedavg" and self.client_optimizer != "sgd":
                 raise ValueError("OMC with FedAvg re-quantizes after each local SGD step (omc.sgd_step): "
                                  f"client-optimizer must be 'sgd', got {self.client_optimizer!r}")
+        if self.dp.enabled and self.dp.weighting == "capped" and self.weighting in ("frequency", "frequency-common"):
+            raise ValueError(f"dp.weighting 'capped' needs a client weight computed from the client's own upload; "
+                             f"weighting {self.weighting!r} depends on the other clients of the round (use 'uniform')")
 
     @property
     def partial_updates(self) -> bool:

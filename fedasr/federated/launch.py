@@ -10,34 +10,12 @@
    address ``":local-in-memory:"`` makes ``flwr`` start a *detached* local SuperLink; this helper uses a
    private ``FLWR_HOME`` and private ports, and stops that SuperLink (and its children) afterwards.
 3. `run_deployment_local` — the Deployment Engine on loopback: one SuperLink, ``n`` SuperNodes (each
-   given its clients through ``--node-config``), and ``flwr run``; every process is stopped afterwards.
+   given its clients through ``--node-config``), and ``flwr run``; every process is stopped afterwards. It
+   runs with TLS and SuperNode authentication by default (throwaway credentials, `fedasr.federated.security`;
+   each node's key registered with ``flwr supernode register`` first), ``--insecure`` only with ``secure=False``.
 
-Deployment on several machines (Flower 1.42: the SuperLink serves **one HTTP API** — Fleet, Control
-and ServerApp runtime — on ``--host``/``--port``, default ``127.0.0.1:8000``; each SuperNode serves its
-ClientApp runtime API on its own ``--port``, default 9094; ``--clientappio-api-address``,
-``--fleet-api-address`` and ``--control-api-address`` are gone or deprecated)::
-
-    # every machine: the repo + venv, and
-    export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
-    export OMP_NUM_THREADS=1
-
-    # server machine (10.0.0.1); use TLS certificates instead of --insecure outside a trusted network
-    flower-superlink --insecure --host 0.0.0.0 --port 8000
-
-    # client machine i of P (its own clients: a partition of the population, or an explicit list)
-    flower-supernode --insecure --superlink 10.0.0.1:8000 --port 9094 \\
-        --node-config "partition-id=<i> num-partitions=<P>"     # or: --node-config 'client-ids="u01,u07"'
-
-    # any machine with the repo: a SuperLink connection in $FLWR_HOME/config.toml (default ~/.flwr)
-    #   [superlink.fedasr-cluster]
-    #   address = "10.0.0.1:8000"
-    #   insecure = true
-    flwr run . fedasr-cluster --stream --run-config \\
-        'fed.node-data="partitioned" fed.min-nodes=<P> run.results-root="/abs/path/results"'
-
-The ServerApp writes ``results/`` on the SuperLink's machine (``run.results-root`` should be absolute).
-With ``fed.node-data="shared"`` (every SuperNode can read every client's data, e.g. a shared corpus
-path) no ``--node-config`` is needed.
+Deployment on several machines, with TLS and SuperNode authentication: the recipe in the docstring of
+`fedasr.federated.deployment`.
 """
 
 from __future__ import annotations
@@ -59,6 +37,7 @@ import psutil
 
 from fedasr import results
 from fedasr.config import ConfigError, flatten, load, parse_overrides, to_dict
+from fedasr.federated import deployment, security
 from fedasr.federated.config import FederatedConfig
 from fedasr.federated.ray_session import ray_init_args
 from fedasr.federated.task import FederatedTask
@@ -337,14 +316,17 @@ def run_flwr_local(cfg: FederatedConfig, *, app_dir: str | Path = REPO_ROOT, num
 # ---------------------------------------------------------------------------------------------------
 
 
-def _wait_http(url: str, deadline: float, proc: subprocess.Popen, log: Path) -> None:
+def _wait_http(url: str, deadline: float, proc: subprocess.Popen, log: Path, ca: Path | None = None) -> None:
+    import ssl
+
     import httpx
 
+    verify = ssl.create_default_context(cafile=str(ca)) if ca else True
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"process exited ({proc.returncode}) before {url} answered:\n{_tail(log)}")
         try:
-            if httpx.get(url, timeout=0.5).is_success:
+            if httpx.get(url, timeout=0.5, verify=verify).is_success:
                 return
         except httpx.HTTPError:
             pass
@@ -353,44 +335,64 @@ def _wait_http(url: str, deadline: float, proc: subprocess.Popen, log: Path) -> 
 
 
 def run_deployment_local(cfg: FederatedConfig, n_supernodes: int = 2, *, app_dir: str | Path = REPO_ROOT,
-                         node_configs: Sequence[str] | None = None, timeout_s: float = 600.0,
-                         keep_home: bool = False) -> results.RunDir:
+                         node_configs: Sequence[str] | None = None, timeout_s: float = 600.0, keep_home: bool = False,
+                         secure: bool = True, unregistered_nodes: int = 0) -> results.RunDir:
     """Run ``cfg`` on the Deployment Engine on 127.0.0.1 (1 SuperLink + ``n_supernodes``) and return the run folder.
 
     Each SuperNode gets ``--node-config "partition-id=i num-partitions=n"`` (or ``node_configs[i]``) and
     its own port; the run uses ``fed.node-data="partitioned"`` and waits for all ``n`` nodes. All
     processes (SuperLink, SuperNodes, ``flwr run``, and the SuperExec/ServerApp/ClientApp processes they
     spawn) are stopped when this returns or raises.
+
+    Args:
+        secure: TLS + SuperNode authentication (`fedasr.federated.deployment`) with throwaway credentials in
+            the private ``FLWR_HOME``; each node's public key is registered before the node starts.
+            ``False``: ``--insecure`` and any node may join (a trusted network only).
+        unregistered_nodes: extra SuperNodes (``secure`` only) whose keys are never registered: the SuperLink
+            must refuse them. ``<run>/deployment.json`` records ``tls``, ``node_auth``, the registered node
+            ids, and each unregistered node's exit code and Flower's refusal line.
     """
+    if unregistered_nodes and not secure:
+        raise ValueError("unregistered_nodes needs secure=True: without authentication any SuperNode may join")
     cfg = _pinned(cfg)
     cfg = replace(cfg, fed=replace(cfg.fed, node_data="partitioned", min_nodes=n_supernodes))
     app_dir = Path(app_dir).resolve()
-    port = free_port()
-    home = _flwr_home("fedasr-flwr-deploy-", "fedasr-deployment", f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    port, conn = free_port(), "fedasr-deployment"
+    home = _flwr_home("fedasr-flwr-deploy-", conn, "")
+    creds = security.make_credentials(home / "credentials", n_supernodes + unregistered_nodes) if secure else None
+    (home / "config.toml").write_text(deployment.connection_toml(conn, f"127.0.0.1:{port}", creds))
     env = _env(home)
     deadline = time.monotonic() + timeout_s
     procs: list[subprocess.Popen] = []
     try:
-        # Start the SuperLink (one HTTP API: Fleet + Control + ServerApp runtime)
+        # Start the SuperLink (one HTTP API: Fleet + Control + ServerApp runtime; HTTPS when secure)
         link_log = home / "superlink.log"
-        procs.append(_spawn([str(BIN / "flower-superlink"), "--insecure", "--isolation", "subprocess",
-                             "--host", "127.0.0.1", "--port", str(port)], env, link_log))
-        _wait_http(f"http://127.0.0.1:{port}/health", min(deadline, time.monotonic() + 60), procs[0], link_log)
-        # Start the SuperNodes, each with its own runtime port and its clients in --node-config
-        for i in range(n_supernodes):
-            node_cfg = node_configs[i] if node_configs else f"partition-id={i} num-partitions={n_supernodes}"
-            procs.append(_spawn([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                                 "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", node_cfg],
-                                env, home / f"supernode-{i}.log"))
+        procs.append(_spawn(deployment.superlink_command(BIN, "127.0.0.1", port, creds), env, link_log))
+        _wait_http(f"http{'s' if secure else ''}://127.0.0.1:{port}/health", min(deadline, time.monotonic() + 60),
+                   procs[0], link_log, creds.ca_cert if creds else None)
+        # Register the nodes' public keys (not the unregistered ones), then start every node on its own port
+        node_ids = [deployment.register_supernode(BIN, k.public, conn, env) for k in creds.nodes[:n_supernodes]
+                    ] if creds else []
+        for i in range(n_supernodes + unregistered_nodes):
+            node_cfg = (node_configs[i] if node_configs and i < n_supernodes
+                        else f"partition-id={i % n_supernodes} num-partitions={n_supernodes}")
+            cmd = deployment.supernode_command(BIN, f"127.0.0.1:{port}", free_port(), node_cfg, creds,
+                                               creds.nodes[i] if creds else None)
+            procs.append(_spawn(cmd, env, home / f"supernode-{i}.log"))
         # Run the app and wait for it
         log = home / "flwr-run.log"
-        procs.append(_flwr_run(cfg, app_dir, "fedasr-deployment", env, log, max(1.0, deadline - time.monotonic())))
+        procs.append(_flwr_run(cfg, app_dir, conn, env, log, max(1.0, deadline - time.monotonic())))
         if procs[-1].returncode != 0:
             raise RuntimeError(f"`flwr run` failed ({procs[-1].returncode}):\n{_tail(log)}")
         try:
-            return _finished_run(cfg)
+            run = _finished_run(cfg)
         except RuntimeError as e:
             raise RuntimeError(f"{e}\n--- superlink ---\n{_tail(link_log)}") from None
+        refused = deployment.refusals(procs[1 + n_supernodes:1 + n_supernodes + unregistered_nodes],
+                                      [home / f"supernode-{n_supernodes + j}.log" for j in range(unregistered_nodes)])
+        results.write_json(run.path / "deployment.json", {"tls": secure, "node_auth": secure, "supernodes": n_supernodes,
+                                                          "registered_node_ids": node_ids, "unregistered": refused})
+        return run
     finally:
         _cleanup(procs, home, keep_home)
 
@@ -413,6 +415,7 @@ def cli_main(argv: Sequence[str] | None = None) -> results.RunDir:
     ap.add_argument("--supernodes", type=int, default=None,
                     help="SuperNodes (Default: clients-per-round for simulations, 2 for deployment)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="bound for flwr/deployment runs in s (Default: 1800)")
+    ap.add_argument("--insecure", action="store_true", help="deployment without TLS and SuperNode authentication")
     args = ap.parse_args(argv)
     try:
         cfg = load(FederatedConfig, args.config, parse_overrides(args.set))
@@ -423,7 +426,8 @@ def cli_main(argv: Sequence[str] | None = None) -> results.RunDir:
     elif args.engine == "flwr":
         run = run_flwr_local(cfg, num_supernodes=args.supernodes, timeout_s=args.timeout)
     else:
-        run = run_deployment_local(cfg, n_supernodes=args.supernodes or 2, timeout_s=args.timeout)
+        run = run_deployment_local(cfg, n_supernodes=args.supernodes or 2, timeout_s=args.timeout,
+                                   secure=not args.insecure)
     print(run.path)
     return run
 

@@ -33,6 +33,7 @@ from flwr.supercore import log
 from tqdm import tqdm
 
 from fedasr import omc, results
+from fedasr.federated import privacy
 from fedasr.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedasr.federated.client_update import Update, central_update, trainable_names
 from fedasr.federated.config import FedConfig, FederatedConfig, config_from_run_config
@@ -156,6 +157,7 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
         if prefetch is not None:
             prefetch.close()
     summary = summarize_rounds(run.rounds())
+    summary["dp"] = privacy.summarize_dp(run.rounds())  # None without fed.dp
     summary.update(experiment=cfg.run.experiment, run_id=run_id, strategy=fed.strategy,
                    resumed_after_round=start_round - 1 if resume else None,
                    session_wall_s=time.perf_counter() - t0, checkpoint=str(ckpt_file))

@@ -27,7 +27,8 @@ update on its own proxy data (``central_update``, `client_update.central_update`
 ``(1 − α)·Ḡ + α·G_server``; if that fails the clients' aggregate is applied alone and the reason recorded.
 
 Faults: an error reply (the ClientApp raised), a missing reply (timeout), or an update that
-`aggregation.validate_update` rejects (NaN/Inf, wrong shape, unknown or missing variable) excludes that client
+`aggregation.validate_update` rejects (NaN/Inf, wrong shape or dtype, unknown or missing variable), or a norm
+beyond ``fed.faults.max-norm-ratio`` x the round's median (`aggregation.norm_outliers`), excludes that client
 and is recorded with its reason; with fewer than ``fed.min-successful-clients`` usable updates the round
 is skipped (global weights unchanged) and the reason recorded.
 """
@@ -55,11 +56,12 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
 from fedasr import refinement
-from fedasr.federated import transport
+from fedasr.federated import privacy, transport
 from fedasr.federated.aggregation import (
     ServerOptimizer,
     aggregate,
     mix_central,
+    norm_outliers,
     validate_update,
 )
 from fedasr.federated.client_update import Update
@@ -102,6 +104,8 @@ class FedAsrStrategy(FedAvg):
             raise ValueError("fed.omc.bits is set but no variable is quantized (build_strategy needs omc_names)")
         self.reference_shapes = {n: tuple(weights[n].shape) for n in self.trainable}
         self.server_opt = ServerOptimizer(weights, self.trainable, fed)
+        # user-level DP (fed.dp): re-clip, bounded weights, fixed denominator, noise, accountant
+        self.dp = privacy.DPAggregator(fed, len(self.client_ids), self.reference_shapes) if fed.dp.enabled else None
         self.hosts: dict[str, int] | None = None  # client → node, after `discover_hosts` (partitioned)
         self.record: dict[str, Any] = {}  # the current round's record (rounds.jsonl row)
         self._sent: list[tuple[Message, str]] = []
@@ -175,8 +179,8 @@ class FedAsrStrategy(FedAvg):
         updates, failed, bytes_up, compute_s = [], {}, 0, {}
         for reply in replies:
             cid = by_msg_id.get(reply.metadata.reply_to_message_id)
-            if cid is None:
-                continue  # a late reply to an earlier round's message
+            if cid is None or cid in failed or any(u.client_id == cid for u in updates):
+                continue  # a late reply to an earlier round's message, or a duplicate (counted once)
             update, reason, nbytes = self._parse_reply(reply, cid)
             bytes_up += nbytes
             if update is not None and "compute-s" in update.metrics:
@@ -185,6 +189,9 @@ class FedAsrStrategy(FedAvg):
                 updates.append(update)
             else:
                 failed[cid] = reason
+        for cid, why in norm_outliers(updates, self.fed.faults.max_norm_ratio).items():  # absurd norms (faults)
+            failed[cid] = why
+        updates = [u for u in updates if u.client_id not in failed]
         for _, cid in self._sent:
             if cid not in failed and all(u.client_id != cid for u in updates):
                 failed[cid] = "timeout"
@@ -202,9 +209,14 @@ class FedAsrStrategy(FedAvg):
             return None, None
         # Aggregate (in client-id order: results must not depend on reply arrival) and apply the server optimizer
         updates.sort(key=lambda u: u.client_id)
-        weights = self.round_weights(updates)
-        self.record["weights"] = {u.client_id: w for u, w in zip(updates, weights)}
-        agg = aggregate(updates, weights)
+        if self.dp is not None:  # DP: each weight from the client's own upload (privacy.DPAggregator)
+            agg, dp_record = self.dp.aggregate(updates, self.record["num_sampled"], server_round,
+                                               lambda u: self.round_weights([u])[0])
+            self.record.update(weights=dp_record.pop("weights"), dp=dp_record)
+        else:
+            weights = self.round_weights(updates)
+            self.record["weights"] = {u.client_id: w for u, w in zip(updates, weights)}
+            agg = aggregate(updates, weights)
         if self.fed.central_mix > 0:  # Mixed FL: the server's own proxy-data update joins the step
             agg = self._mix_central(server_round, agg)
         self.server_step(agg)
