@@ -78,6 +78,8 @@ def assemble(root: str | Path = "results/reliability") -> dict:
         _check_part(name, value, path)
         summary[name] = value
         sources[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    assembly = {"parts": {n: f"parts/{n}.json" for n in PARTS}, "missing": notes, "sha256": sources}
+    results.open_run(root, "reliability", assembly, resume=True)  # config.json: what this summary was made from
     results.write_json(root / "summary.json", summary)
     results.write_json(root / "assembly.json", {"missing": notes, "sha256": sources})
     for name, note in notes.items():
