@@ -1,7 +1,7 @@
 """``results/quality/evidence.json``: the quality ablation as means over seeds with intervals (issue 18).
 
 Each federated run writes the hypotheses of its first and last evaluation (``<run>/hypotheses/round<NNN>.jsonl``,
-one ``{"split", "id", "hyp"}`` per line; `fedasr.federated.server_app`). This module scores them utterance by
+`fedasr.results.RunDir.hypotheses_path`: one ``{"split", "id", "hyp"}`` per line). This module scores them utterance by
 utterance against the corpus (`fedasr.evidence.utterance_scores`) and writes, for the metrics of the ablation:
 
 * ``wer_user``: WER on ``user_test`` (clients never seen in training);
@@ -25,7 +25,9 @@ from pathlib import Path
 from fedasr import data as data_lib
 from fedasr import evidence
 
-__all__ = ["METRICS", "hypotheses_file", "read_hypotheses", "run_scores", "build"]
+__all__ = ["METRICS", "MIN_SEEDS", "read_hypotheses", "run_scores", "build"]
+
+MIN_SEEDS = 3  # a difference is claimed only from at least this many seeds (one run is an anecdote)
 
 # metric → (test split, only utterances with new terms, what is measured)
 METRICS: dict[str, tuple[str, bool, str]] = {
@@ -34,11 +36,6 @@ METRICS: dict[str, tuple[str, bool, str]] = {
     "wer_proxy": ("proxy_test", False, "wer"),
     "term_recall": ("user_heldout", True, "term_recall"),
 }
-
-
-def hypotheses_file(run_dir: str | Path, server_round: int) -> Path:
-    """Where a run keeps the hypotheses of its evaluation after ``server_round``."""
-    return Path(run_dir) / "hypotheses" / f"round{server_round:03d}.jsonl"
 
 
 def read_hypotheses(path: str | Path) -> dict[str, dict[str, str]]:
@@ -114,7 +111,9 @@ def build(runs: Mapping[str, Sequence[str | Path]], corpus: str | Path, seeds: S
         for m in metrics:
             d = evidence.paired_delta([s[m] for s in scores[a]], [s[m] for s in scores[b]], METRICS[m][2],
                                       n_boot=n_boot)
-            comparisons.append({"a": a, "b": b, "metric": m, "delta_rel": d, "verdict": evidence.verdict(d["ci95"])})
+            verdict = evidence.verdict(d["ci95"]) if len(seeds) >= MIN_SEEDS else \
+                f"not claimed: fewer than {MIN_SEEDS} seeds (the interval covers the test utterances only)"
+            comparisons.append({"a": a, "b": b, "metric": m, "delta_rel": d, "verdict": verdict})
     return {"seeds": list(seeds), "tuned_on": list(tuned_on), "headline": headline,
             "test_splits": {m: METRICS[m][0] + (" (utterances with new terms)" if METRICS[m][1] else "")
                             for m in metrics},
