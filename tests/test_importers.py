@@ -19,9 +19,8 @@ import torch
 
 from fedasr import data, train
 from fedasr.corpus_audio import asterisk_prompts
-from fedasr.importers import ImportConfig, SourceError, import_commonvoice, import_librispeech, import_manifest
+from fedasr.importers import ImportConfig, SourceError, import_commonvoice, import_librispeech, import_manifest, writer
 from fedasr.importers import __main__ as cli
-from fedasr.importers import writer
 from fedasr.importers.roles import IMPORT_SPLITS, Kept, assign_roles
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,11 +39,9 @@ def _split(root, split):
 
 
 @pytest.fixture(scope="module")
-def speakers():
+def speakers(tiny_corpus):
     """Speaker -> [(audio path, text)]: 8 tiny user clients (≤ 6 utterances each), 4 "speakers" of 5 tiny proxy
     utterances, and Allison, the real Asterisk speaker (6 prompts, 8 kHz)."""
-    if not (TINY / "corpus.json").exists():
-        pytest.skip("data/tiny is missing: build it with `make data PROFILE=tiny`")
     corpus = data.load_corpus(TINY, splits=["proxy_train", "user_train", "user_heldout", "user_test"])
     by_client = {}
     for s in ("user_train", "user_heldout", "user_test"):
@@ -138,10 +135,10 @@ def test_imported_corpus_evaluates_and_federates(libri, tmp_path):
     """The committed seed model decodes an imported split, and one FedSGD round of the real ASR task runs on it."""
     from test_federated_flower import InProcessGrid
 
+    from fedasr.federated import checkpoint
     from fedasr.federated.client_app import make_client_app
     from fedasr.federated.config import FedConfig, FederatedConfig, RunSpec, TaskSpec
     from fedasr.federated.server_app import checkpoint_path, run_server
-    from fedasr.federated import checkpoint
 
     _, out, _ = libri
     model, tok, fcfg, _ = train.load_checkpoint(SEED)

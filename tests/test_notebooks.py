@@ -58,10 +58,8 @@ def test_notebook_shape(name):
 
 
 @pytest.fixture(scope="session")
-def tiny_seed(tmp_path_factory):
+def tiny_seed(tiny_corpus, tmp_path_factory):
     """The tiny corpus (built if stale) and a tiny seed's model folder (results/seed-tiny when up to date)."""
-    subprocess.run([sys.executable, "-m", "fedasr.corpus", "--profile", "tiny", "--out", "data/tiny", "--if-stale"],
-                   cwd=REPO_ROOT, check=True, capture_output=True)
     from fedasr import config, train
 
     with contextlib.chdir(REPO_ROOT):  # the config's corpus path is relative to the repository
