@@ -77,7 +77,7 @@ import-commonvoice: setup  ## import a Common Voice language folder: make import
 	$(PY) -m fedasr.importers commonvoice $(SRC) --out $(or $(OUT),data/commonvoice) $(ARGS)
 
 reliability: seed  ## client faults (quick ASR), SIGKILL + resume, fuzz → results/reliability/{parts/*.json,summary.json}
-	$(PY) -m fedasr.reliability faults     # configs/reliability/faults.toml: clean + 30%-faulty FedSGD, 20 rounds each
+	$(PY) -m fedasr.reliability faults     # configs/reliability/faults.toml: clean + 30%-faulty FedSGD, 20 rounds, seeds 0 1 2
 	$(PY) -m fedasr.reliability resume     # toy task: server SIGKILLed mid-run, resumed, final weights compared bitwise
 	$(PY) -m fedasr.fuzz                   # malformed inputs at every entry point
 	$(PY) -m fedasr.reliability assemble   # merges every parts/*.json (deployment, dp, secagg, privacy too) → summary.json

@@ -223,22 +223,25 @@ def _wer_curve(rows: list[dict], key: str = "wer_user") -> list[tuple[int, float
     return [(k, by_round[k]["eval"][key]) for k in sorted(by_round) if (by_round[k].get("eval") or {}).get(key) is not None]
 
 
-def plot_fault_curves(clean: list[dict], faulty: list[dict], out: str | Path, label: str = "30% faulty clients"):
-    """Draw user WER against round for the fault-free and the faulty run (``rounds.jsonl`` rows); save to ``out``."""
+def plot_fault_curves(runs: list[tuple[list[dict], list[dict]]], out: str | Path, label: str = "30% faulty clients"):
+    """Draw user WER against round for each seed's fault-free and faulty run (``rounds.jsonl`` rows of
+    ``[(clean, faulty), ...]``, one pair per seed: one colour per seed); save to ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.0, 3.4))
-    for rows, name, style in ((clean, "fault-free", "o-"), (faulty, label, "s--")):
-        pts = _wer_curve(rows)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
+    fig, ax = plt.subplots(figsize=(5.4, 3.6))
+    for i, (clean, faulty) in enumerate(runs):
+        for rows, name, style in ((clean, "fault-free", "o-"), (faulty, label, "s--")):
+            pts = _wer_curve(rows)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=f"C{i}", markersize=4, alpha=0.85,
+                    label=f"{name}" + (f", seed {i}" if len(runs) > 1 else ""))
     ax.set_xlabel("round")
     ax.set_ylabel("user WER (user_test)")
     ax.set_title("FedSGD with faulty clients (quick profile)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -271,40 +274,76 @@ def _loopback_runs(exp: Any) -> dict:
     return runs
 
 
-def faults_experiment(config: str | Path = "configs/reliability/faults.toml", root: str | Path = "results/reliability",
-                      max_wer_rel: float = 0.10, engine: str = "simulation") -> dict:
-    """Run the fault-free and the faulty variant of ``config``, draw both WER curves, return the ``faults`` part.
+def _faults_seed(exp: Any, engine: str) -> tuple[dict, tuple[list[dict], list[dict]]]:
+    """One seed of the faults experiment: run both variants; return the seed's row and its two runs' rows."""
+    from fedasr.experiments import run_federated_experiment, variant_config
 
-    ``engine``: ``"simulation"`` (Flower's Simulation Engine, 2 clients at a time) or ``"loopback"`` (one process,
-    `fedasr.federated.loopback` with per-client deadlines; for a machine too loaded for Ray to start).
-
-    ``wer_rel`` = final user WER of the faulty run ÷ the clean run's − 1; ``within_10pct`` = ``wer_rel ≤ 0.10``.
-    """
-    from fedasr import config as config_lib
-    from fedasr.experiments import FederatedExperiment, run_federated_experiment, variant_config
-
-    exp = config_lib.load(FederatedExperiment, config)
     runs = run_federated_experiment(exp) if engine == "simulation" else _loopback_runs(exp)
     clean, faulty = runs["clean"], runs["faulty"]
     fcfg = variant_config(exp, "faulty").fed
     acc = fault_accounting(faulty.rounds(), fcfg.faults, fcfg.seed)
     s_clean, s_faulty = clean.summary(), faulty.summary()
     wer_clean, wer_faulty = s_clean["final_eval"]["wer_user"], s_faulty["final_eval"]["wer_user"]
-    fig = plot_fault_curves(clean.rounds(), faulty.rounds(), Path(root) / "faults_wer.png")
-    rel = wer_faulty / wer_clean - 1.0
+    row = {"seed": fcfg.seed, "wer_initial": s_clean["initial_eval"]["wer_user"], "wer_clean": wer_clean,
+           "wer_faulty": wer_faulty, "wer_rel": wer_faulty / wer_clean - 1.0,
+           "completed": bool(s_faulty["last_round"] == fcfg.num_rounds),
+           "faulty_fraction_realized": acc["faulty"] / max(1, acc["client_rounds"]),
+           "rounds_completed": {"clean": s_clean["rounds_completed"], "faulty": s_faulty["rounds_completed"]},
+           "fault_kinds": acc["fault_kinds"], "excluded_as": acc["excluded_as"], "undetected": acc["undetected"],
+           "honest_excluded": acc["honest_excluded"], "clean_clients_failed": s_clean["clients_failed"],
+           "failure_reasons": s_faulty["failure_reasons"],
+           "wall_s": {"clean": s_clean["wall_s_total"], "faulty": s_faulty["wall_s_total"]},
+           "runs": {"clean": results.relative_to_repo(str(clean.path)),
+                    "faulty": results.relative_to_repo(str(faulty.path))}}
+    return row, (clean.rounds(), faulty.rounds())
+
+
+def faults_experiment(config: str | Path = "configs/reliability/faults.toml", root: str | Path = "results/reliability",
+                      max_wer_rel: float = 0.10, engine: str = "simulation", seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """Run the fault-free and the faulty variant of ``config`` once per seed, draw the WER curves, return the
+    ``faults`` part.
+
+    A seed (``fed.seed``) changes the clients sampled each round, the faults drawn for them (per seed, round and
+    client) and the clients' stochastic rounding; the seed model and the evaluation sets are the same. With more
+    than one seed the runs lie in ``<results_root>/<experiment>/seed<k>/<variant>``.
+
+    ``engine``: ``"simulation"`` (Flower's Simulation Engine, 2 clients at a time) or ``"loopback"`` (one process,
+    `fedasr.federated.loopback` with per-client deadlines; for a machine too loaded for Ray to start).
+
+    Per seed ``wer_rel`` = final user WER of the faulty run ÷ the clean run's − 1. The contract's ``wer_clean`` and
+    ``wer_faulty`` are means over seeds; ``within_10pct``: the mean ``wer_rel`` ≤ ``max_wer_rel`` and so is every
+    seed's; ``wer_rel_ci95`` is the t-interval over seeds (``[None, None]`` for one seed).
+    """
+    import dataclasses
+
+    from fedasr import config as config_lib
+    from fedasr.evidence import mean_ci
+    from fedasr.experiments import FederatedExperiment, variant_config
+
+    base = config_lib.load(FederatedExperiment, config)
+    rows, curves = [], []
+    for seed in seeds:
+        exp = dataclasses.replace(base, fed=dataclasses.replace(base.fed, seed=int(seed)),
+                                  experiment=f"{base.experiment}/seed{seed}" if len(seeds) > 1 else base.experiment)
+        row, pair = _faults_seed(exp, engine)
+        rows.append(row)
+        curves.append(pair)
+    fig = plot_fault_curves(curves, Path(root) / "faults_wer.png")
+    fcfg = variant_config(base, "faulty").fed
+    rel = mean_ci([r["wer_rel"] for r in rows])
     return {"faulty_fraction": sum(getattr(fcfg.faults, k) for k in ("crash", "straggler", "nan", "inf", "shape",
                                                                       "norm")),
-            "faulty_fraction_realized": acc["faulty"] / max(1, acc["client_rounds"]),
-            "wer_clean": wer_clean, "wer_faulty": wer_faulty, "wer_rel": rel, "within_10pct": bool(rel <= max_wer_rel),
-            "completed": bool(s_faulty["last_round"] == fcfg.num_rounds),
-            "rounds": fcfg.num_rounds, "rounds_completed": {"clean": s_clean["rounds_completed"],
-                                                            "faulty": s_faulty["rounds_completed"]},
-            "fault_kinds": acc["fault_kinds"], "excluded_as": acc["excluded_as"], "undetected": acc["undetected"],
-            "honest_excluded": acc["honest_excluded"], "clean_clients_failed": s_clean["clients_failed"],
-            "failure_reasons": s_faulty["failure_reasons"], "round_timeout_s": fcfg.round_timeout_s,
-            "wall_s": {"clean": s_clean["wall_s_total"], "faulty": s_faulty["wall_s_total"]},
-            "figure": str(fig), "engine": engine,
-            "runs": {"clean": results.relative_to_repo(str(clean.path)), "faulty": results.relative_to_repo(str(faulty.path))}}
+            "faulty_fraction_realized": sum(r["faulty_fraction_realized"] for r in rows) / len(rows),
+            "seeds": [r["seed"] for r in rows],
+            "wer_initial": rows[0]["wer_initial"],
+            "wer_clean": mean_ci([r["wer_clean"] for r in rows])["mean"],
+            "wer_faulty": mean_ci([r["wer_faulty"] for r in rows])["mean"],
+            "wer_rel": rel["mean"], "wer_rel_ci95": rel["ci95"], "max_wer_rel": max_wer_rel,
+            "within_10pct": bool(rel["mean"] <= max_wer_rel and all(r["wer_rel"] <= max_wer_rel for r in rows)),
+            "completed": all(r["completed"] for r in rows),
+            "undetected": sum(r["undetected"] for r in rows), "rounds": fcfg.num_rounds,
+            "round_timeout_s": fcfg.round_timeout_s, "labels": base.task.labels, "per_seed": rows,
+            "figure": str(fig), "engine": engine, "config": str(config)}
 
 
 def cli_main(argv: list[str] | None = None) -> dict:
@@ -316,12 +355,15 @@ def cli_main(argv: list[str] | None = None) -> dict:
                     help="write parts/faults.json or parts/resume.json first, or only assemble (Default: assemble)")
     ap.add_argument("--root", default="results/reliability", help="(Default: results/reliability)")
     ap.add_argument("--config", default="configs/reliability/faults.toml", help="the faults experiment's config")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="faults: the seeds (fed.seed) to run both variants with (Default: 0 1 2)")
     ap.add_argument("--engine", default="simulation", choices=["simulation", "loopback"],
                     help="faults: Flower's Simulation Engine or the one-process loopback grid (Default: simulation)")
     args = ap.parse_args(argv)
     parts = Path(args.root) / "parts"
     if args.step == "faults":
-        results.write_json(parts / "faults.json", faults_experiment(args.config, args.root, engine=args.engine))
+        results.write_json(parts / "faults.json", faults_experiment(args.config, args.root, engine=args.engine,
+                                                                              seeds=tuple(args.seeds)))
     elif args.step == "resume":
         results.write_json(parts / "resume.json", crash_resume())
     summary = assemble(args.root)

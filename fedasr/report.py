@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedasr import evidence, tables
+from fedasr import evidence, report_reliability, tables
 from fedasr.results import REPO_ROOT
 from fedasr.tables import _pct, _where
 
@@ -431,6 +431,7 @@ def render(results_root: str | Path = "results", report_path: str | Path = "resu
             "", "## Federated training on the seed's own hypotheses (E4)", *tables.federated_table(root),
             *_figs(figs, "federated", report_dir), "", "## Seed model and step cost (E5's starting point)", "",
             *tables.seed_table(root), *tables.step_table(root), *_figs(figs, "seed", report_dir)]
+    out += report_reliability.section(root, report_dir)  # issue 21: privacy, security and reliability
     other = _figs(figs, "other", report_dir)
     missing = [f"- not run: {_make(e)}" for e, f in INPUTS.items() if not (root / e / f).exists()]
     out += [*(["", "## Other figures", *other] if other else []), "", "## What is not reproduced, and why", "",
@@ -440,8 +441,7 @@ def render(results_root: str | Path = "results", report_path: str | Path = "resu
 
 def write(results_root: str | Path = "results", report_path: str | Path = "results/report.md") -> Path:
     """Render the report from ``results_root`` and write it to ``report_path``; return that path."""
-    (path := Path(report_path)).parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(results_root, path))
+    (path := Path(report_path)).parent.mkdir(parents=True, exist_ok=True), path.write_text(render(results_root, path))
     return path
 
 

@@ -166,7 +166,7 @@ def test_assemble_rejects_a_part_that_breaks_the_contract(tmp_path, part, value)
 
 def test_fault_curves_figure(tmp_path):
     rows = lambda w: [{"round": r, "eval": {"wer_user": w - 0.01 * r}} for r in (0, 5, 10)]  # noqa: E731
-    out = reliability.plot_fault_curves(rows(0.6), rows(0.62), tmp_path / "f.png")
+    out = reliability.plot_fault_curves([(rows(0.6), rows(0.62)), (rows(0.61), rows(0.6))], tmp_path / "f.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert reliability._wer_curve(rows(0.6)) == [(0, 0.6), (5, pytest.approx(0.55)), (10, pytest.approx(0.5))]
 
@@ -181,3 +181,25 @@ def test_stragglers_past_the_round_timeout_are_recorded_as_timeouts(tmp_path):
     assert acc["fault_kinds"].get("straggler", 0) >= 1 and acc["undetected"] == 0
     assert acc["excluded_as"]["straggler"] == {"timeout": acc["fault_kinds"]["straggler"]}
     assert acc["honest_excluded"] == 0
+
+
+def test_faults_experiment_runs_every_seed_and_reports_means(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_seed(exp, engine):
+        seen.append((exp.fed.seed, exp.experiment, engine))
+        k = exp.fed.seed
+        curve = [{"round": 0, "eval": {"wer_user": 0.7}}, {"round": 20, "eval": {"wer_user": 0.5 + 0.01 * k}}]
+        row = {"seed": k, "wer_initial": 0.7, "wer_clean": 0.5 + 0.01 * k, "wer_faulty": 0.52 + 0.01 * k,
+               "completed": True, "faulty_fraction_realized": 0.3, "undetected": 0}
+        row["wer_rel"] = row["wer_faulty"] / row["wer_clean"] - 1
+        return row, (curve, curve)
+
+    monkeypatch.setattr(reliability, "_faults_seed", fake_seed)
+    part = reliability.faults_experiment("configs/reliability/faults.toml", tmp_path, seeds=(0, 1, 2))
+    assert seen == [(k, f"faults/seed{k}", "simulation") for k in (0, 1, 2)]
+    assert part["seeds"] == [0, 1, 2] and part["wer_clean"] == pytest.approx(0.51)
+    assert part["wer_faulty"] == pytest.approx(0.53) and part["within_10pct"] and part["completed"]
+    lo, hi = part["wer_rel_ci95"]
+    assert lo < part["wer_rel"] < hi and all(k in part for k in reliability.CONTRACT["faults"])
+    assert (tmp_path / "faults_wer.png").exists()
