@@ -6,6 +6,7 @@ loads an `fedasr.efficiency.EfficiencyConfig` and calls `fedasr.efficiency.run` 
     python bench/efficiency.py --config configs/efficiency/paper.toml        # the 129M table, results/efficiency/
     python bench/efficiency.py --config configs/efficiency/tiny.toml         # a fast check, results/efficiency-tiny/
     python bench/efficiency.py --config configs/efficiency/paper.toml --summarize-only   # P2's WER half again
+    python bench/efficiency.py --config configs/efficiency/paper.toml --jobs 1   # every process alone, in turn
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ def cli_main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out-dir", help="result folder (Default: results/efficiency)")
     ap.add_argument("--budget-mib", type=float, help="+partial row's memory budget in MiB, i.e. partial.budget-mib "
                                                      "(Default: 768)")
+    ap.add_argument("--jobs", type=int, help="fresh processes measured at a time; the P3 pair's timing runs are "
+                                              "always alone, 1 = every run alone (Default: 2)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="dotted-key override, e.g. --set figure=/tmp/fig.png --set omc.bits=4 (Default: none)")
     ap.add_argument("--summarize-only", action="store_true",
                     help="measure nothing: rebuild summary.json from the last memory.json and the current "
                          "small-scale quality summary (P2's WER half)")
     args = ap.parse_args(argv)
-    flags = {"preset": args.preset, "out-dir": args.out_dir, "partial.budget-mib": args.budget_mib}
+    flags = {"preset": args.preset, "out-dir": args.out_dir, "partial.budget-mib": args.budget_mib, "jobs": args.jobs}
     overrides = {**{k: v for k, v in flags.items() if v is not None}, **config.parse_overrides(args.set)}
     torch.set_num_threads(1)
     cfg = config.load(efficiency.EfficiencyConfig, args.config, overrides)

@@ -140,7 +140,11 @@ def efficiency_table(root: str | Path = RESULTS, experiment: str = "efficiency")
                  ("stack", "measured peak MiB", "analytic MiB", "download MiB", "upload MiB", "step s"))
     for r in rows:
         out.append(f"| {r['stack']} | {r['peak_rss_bytes'] / MiB:.0f} | {r['analytic']['peak'] / MiB:.0f} | "
-                   f"{r['download_bytes'] / MiB:.1f} | {r['upload_bytes'] / MiB:.1f} | {r['step_seconds']:.1f} |")
+                   f"{r['download_bytes'] / MiB:.1f} | {r['upload_bytes'] / MiB:.1f} | {r['step_seconds']:.1f}"
+                   f"{'*' if r.get('step_concurrent') else ''} |")
+    if any(r.get("step_concurrent") for r in rows):
+        out += ["", "\\* step time measured while another row's process ran on the other core (contended); the P3 "
+                "pair's step times come from solo runs only (`fedasr.fresh_runs`)."]
     if s:
         met = s.get("met", {})
         p2 = s.get("P2", {})

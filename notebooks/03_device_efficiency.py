@@ -25,6 +25,11 @@
 # (129M parameters, RNN-T, 4096 word-pieces) **in a fresh process**; the peak is measured (VmHWM
 # minus the process's baseline after imports) and set beside an analytic breakdown. Bytes are the
 # exact encoded payloads. Peaks and times are this CPU's, not a phone's: compare ratios.
+# Two such 1-thread processes run side by side (`jobs = 2`; the two heaviest rows never together): what each
+# measures of itself (its own peak, the bytes, the loss) is as when alone, but its step time is contended, so
+# those rows say `step_concurrent` in `memory.json`. The first and the last row (the P3 pair) then run
+# `timing-repeats` more times **alone**, one process at a time; P3 uses only these solo runs (`p3_timing` in
+# `summary.json`). `jobs = 1` runs every process alone, one after another.
 # Targets (issue): P1 full-stack peak ÷ plain FedAvg+Adam ≤ 0.20; P2 (down+up) ÷ (2 × fp32 model) ≤ 0.10;
 # P3 full-stack step time ÷ plain ≤ 1.3. The experiment is `fedasr.efficiency` (its command line:
 # `bench/efficiency.py`); its `[transport.*]`, `[omc]` and `[partial]` tables are the federated config's
@@ -90,6 +95,10 @@ display(Markdown("\n".join(examples.markdown_table(mem))))
 # the other techniques at 129M parameters, where the blocks' saved activations of one utterance are hundreds of MiB.
 #
 # ## The experiment: one client round per technique
+#
+# The "step s" column is each row's step time: the minimum over solo runs for the first and the last row (the
+# P3 pair), and with `jobs = 2` a single run beside another process for the rows between (contended: compare
+# those only roughly; `memory.json` has every run with its `step_seconds_runs_concurrent` flag).
 
 # %%
 import json
@@ -108,7 +117,7 @@ cfg = config.apply_overrides(cfg, {
     "out-dir": str(nb.result_path(cfg.out_dir)), "figure": str(nb.result_path(cfg.figure)),
     "quality-config": quality_cost_config, "quality-summary": str(nb.results / qexp.experiment / "summary.json")})
 out_dir = Path(cfg.out_dir)
-if rerun:  # each row runs in its own fresh process (fedasr.memory.measure_peak), a few minutes at 129M
+if rerun:  # one fresh process per row, two at a time, then the P3 pair's solo timing runs; minutes at 129M
     efficiency.run(cfg, source=config_file)
 rows = results.read_json(notebook.require(out_dir / "memory.json", "efficiency"))
 

@@ -1,15 +1,19 @@
-"""fedasr.efficiency: cumulative rows, the config schema, P2's pairing check, and a real (tiny) measured table."""
+"""fedasr.efficiency: cumulative rows, the config schema, P2's pairing check, the schedule of the fresh-process
+measurements (fedasr.fresh_runs), and a real (tiny) measured table."""
 
 import dataclasses
+import itertools
 import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from fedasr import config, efficiency
+from fedasr import config, efficiency, fresh_runs
 from fedasr.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +21,7 @@ PAPER = ROOT / "configs" / "efficiency" / "paper.toml"
 QUALITY = "configs/efficiency/quality_cost.toml"
 SETTINGS_KEYS = {"stack", "strategy", "optimizer", "micro_batch", "checkpoint", "download", "upload", "omc", "budget_mib"}
 ROW_KEYS = {"stack", "preset", "params", "peak_rss_bytes", "analytic", "download_bytes", "upload_bytes", "step_seconds",
-            "step_seconds_runs", "baseline_rss_bytes", "vmhwm_bytes", "vmhwm_after_imports_bytes", "hwm_reset",
+            "step_seconds_runs", "step_seconds_runs_concurrent", "step_concurrent", "baseline_rss_bytes", "vmhwm_bytes", "vmhwm_after_imports_bytes", "hwm_reset",
             "rss_file_growth_bytes", "rss_anon_held_at_end_bytes", "decode_seconds", "encode_seconds", "loss",
             "trainable_params", "trainable_units", "settings"}
 
@@ -30,7 +34,7 @@ def test_rows_are_cumulative_with_the_federated_schema():
     assert rows[0]["strategy"] == "fedavg" and rows[0]["optimizer"] == "adam"
     assert all(r["strategy"] == "fedsgd" and r["optimizer"] == "none" for r in rows[1:])
     # each row keeps everything of the row above and changes one technique
-    changed = [{k for k in SETTINGS_KEYS - {"stack"} if a[k] != b[k]} for a, b in zip(rows, rows[1:])]
+    changed = [{k for k in SETTINGS_KEYS - {"stack"} if a[k] != b[k]} for a, b in itertools.pairwise(rows)]
     assert changed == [{"strategy", "optimizer"}, {"micro_batch"}, {"checkpoint"}, {"download", "upload"}, {"omc"},
                        {"budget_mib"}]
     assert rows[4]["download"] == dataclasses.asdict(cfg.transport.download)
@@ -107,6 +111,115 @@ def test_p2_quality_reads_the_named_variant(tmp_path):
     assert q["variant"] == "small" and q["reference"] == "fp32" and q["within_3pct"] is False
     assert efficiency._p2_quality(dataclasses.replace(cfg, quality_variant="missing")) is None
     assert efficiency._p2_quality(dataclasses.replace(cfg, quality_summary=str(tmp_path / "none.json"))) is None
+
+
+class FakeRounds:
+    """A stand-in for `efficiency._measure`: sleeps briefly, notes who ran beside whom, returns fixed numbers.
+
+    Step times: a row's first run takes 100 + its index seconds, later runs 5 + index, 4 + index, ... so a
+    row's minimum over its later (solo) runs is recognisable. Peaks and bytes depend on the row only.
+    """
+
+    def __init__(self, seconds=0.1):
+        self.seconds, self.lock, self.active, self.runs = seconds, threading.Lock(), [], []
+        self.calls: dict[str, int] = {}
+
+    def __call__(self, row, common, state, timeout):
+        stack = row["stack"]
+        with self.lock:
+            me = {"stack": stack, "neighbours": {a["stack"] for a in self.active}}
+            for a in self.active:
+                a["neighbours"].add(stack)
+            self.active.append(me)
+            self.runs.append(me)
+            n = self.calls[stack] = self.calls.get(stack, 0) + 1
+            me["most_at_once"] = len(self.active)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.active.remove(me)
+        i = efficiency.STACK.index(stack)
+        names = [k for k, _ in efficiency._skeleton(common["preset"], row).named_parameters()]
+        result = {"upload_bytes": 1000 + i, "step_seconds": 100.0 + i if n == 1 else 6.0 - n + i,
+                  "decode_seconds": 0.1, "encode_seconds": 0.1, "loss": 1.0 + i, "trainable": names}
+        m = {"peak_rss_bytes": (10 - i) * 2**20, "baseline_rss_bytes": 2**20, "vmhwm_bytes": 11 * 2**20,
+             "vmhwm_after_imports_bytes": 2**20, "hwm_reset": True, "rss_file_growth_bytes": 0,
+             "rss_anon_end_bytes": 0, "rss_anon_baseline_bytes": 0, "result": result}
+        return m, 2000 + i
+
+
+def _fake_table(monkeypatch, tmp_path, jobs, repeats=2):
+    fake = FakeRounds()
+    monkeypatch.setattr(efficiency, "_measure", fake)
+    # tiny.toml's utterance set: as at 129M, FedAvg+Adam and FedSGD (batch 4) have the largest analytic peaks
+    cfg = config.load(efficiency.EfficiencyConfig, ROOT / "configs" / "efficiency" / "tiny.toml", {
+        "jobs": jobs, "timing-repeats": repeats, "out-dir": str(tmp_path / "eff"), "figure": str(tmp_path / "fig.png"),
+        "quality-summary": str(tmp_path / "none.json")})
+    rows = efficiency.run(cfg)
+    return fake, rows, json.loads((tmp_path / "eff" / "summary.json").read_text())
+
+
+def test_rows_run_side_by_side_and_the_p3_pair_alone(monkeypatch, tmp_path):
+    fake, rows, summary = _fake_table(monkeypatch, tmp_path, jobs=2)
+    assert [r["stack"] for r in rows] == list(efficiency.STACK)  # output in row order
+    assert max(r["most_at_once"] for r in fake.runs) == 2  # two at a time, never more
+    # every row once side by side, then the P3 pair's 2 repeats each, alone
+    assert [r["stack"] for r in fake.runs[7:]] == ["fedavg_adam"] * 2 + ["+partial"] * 2
+    assert sorted(r["stack"] for r in fake.runs[:7]) == sorted(efficiency.STACK)
+    assert all(not r["neighbours"] for r in fake.runs[7:])
+    # the two heaviest rows (analytic peak: FedAvg+Adam, then FedSGD with batch 4) never side by side
+    peaks = {r["stack"]: r["analytic"]["peak"] for r in rows}
+    assert sorted(peaks, key=peaks.get)[-2:] == ["fedsgd", "fedavg_adam"]
+    assert not any({"fedavg_adam", "fedsgd"} <= {r["stack"], *r["neighbours"]} for r in fake.runs)
+    for row in rows:
+        runs = [r for r in fake.runs if r["stack"] == row["stack"]]
+        assert len(row["step_seconds_runs"]) == len(row["step_seconds_runs_concurrent"]) == len(runs)
+        # whoever had a neighbour is flagged (the flag is conservative: wall-clock overlap)
+        assert all(flag for r, flag in zip(runs, row["step_seconds_runs_concurrent"]) if r["neighbours"])
+        # per-process measurements are the row's first run, whatever ran beside it
+        i = efficiency.STACK.index(row["stack"])
+        assert (row["peak_rss_bytes"], row["download_bytes"], row["loss"]) == ((10 - i) * 2**20, 2000 + i, 1.0 + i)
+    first, last = rows[0], rows[-1]
+    for r, i in ((first, 0), (last, 6)):
+        assert r["step_seconds_runs"][1:] == [4.0 + i, 3.0 + i] and r["step_seconds_runs_concurrent"][1:] == [False] * 2
+        assert r["step_seconds"] == 3.0 + i and r["step_concurrent"] is False  # the solo minimum
+    middle = [r for r in rows[1:-1] if r["step_seconds_runs_concurrent"][0]]
+    assert middle and all(r["step_concurrent"] and r["step_seconds"] >= 100 for r in middle)
+    assert summary["P3_step_time_ratio"] == 9.0 / 3.0  # solo runs only
+    assert summary["p3_timing"]["solo_only"] and summary["p3_timing"]["solo_runs"] == {"fedavg_adam": 2, "+partial": 2}
+
+
+def test_one_job_keeps_every_run_alone(monkeypatch, tmp_path):
+    fake, rows, summary = _fake_table(monkeypatch, tmp_path, jobs=1)
+    assert [r["stack"] for r in fake.runs] == [*efficiency.STACK, "fedavg_adam", "fedavg_adam", "+partial", "+partial"]
+    assert all(not r["neighbours"] for r in fake.runs)
+    assert not any(r["step_concurrent"] or any(r["step_seconds_runs_concurrent"]) for r in rows)
+    assert rows[0]["step_seconds_runs"] == [100.0, 4.0, 3.0] and rows[0]["step_seconds"] == 3.0
+    assert [r["step_seconds"] for r in rows[1:-1]] == [100.0 + i for i in range(1, 6)]  # one run each, alone
+    assert summary["p3_timing"]["solo_runs"] == {"fedavg_adam": 3, "+partial": 3}
+
+
+def test_without_repeats_the_p3_pair_is_measured_alone(monkeypatch, tmp_path):
+    fake, rows, summary = _fake_table(monkeypatch, tmp_path, jobs=2, repeats=0)
+    assert [r["stack"] for r in fake.runs[5:]] == ["fedavg_adam", "+partial"]  # after the others, one at a time
+    assert all(not r["neighbours"] for r in fake.runs[5:])
+    assert rows[0]["step_seconds_runs"] == [100.0] and not rows[0]["step_concurrent"]
+    assert summary["p3_timing"]["solo_only"] and summary["P3_step_time_ratio"] == 106.0 / 100.0
+
+
+def test_plan_and_the_side_by_side_runner():
+    assert fresh_runs.plan(7, 2, 2) == (list(range(7)), [0, 0, 6, 6])
+    assert fresh_runs.plan(7, 1, 2) == (list(range(7)), [0, 0, 6, 6])
+    assert fresh_runs.plan(7, 2, 0) == ([1, 2, 3, 4, 5], [0, 6])
+    assert fresh_runs.plan(7, 1, 0) == (list(range(7)), [])
+    assert fresh_runs.plan(1, 2, 0) == ([], [0])
+    # three at a time, results in task order although the first task ends last
+    runs = fresh_runs.run_side_by_side([0.3, 0.05, 0.05, 0.05], lambda s: time.sleep(s) or s, jobs=3)
+    assert [r.result for r in runs] == [0.3, 0.05, 0.05, 0.05] and all(r.concurrent for r in runs)
+    assert [r.task for r in runs] == [0, 1, 2, 3]
+    with pytest.raises(RuntimeError, match="boom"):
+        fresh_runs.run_side_by_side([1, 2], lambda x: (_ for _ in ()).throw(RuntimeError("boom")), jobs=2)
+    with pytest.raises(ConfigError, match="jobs"):
+        config.load(efficiency.EfficiencyConfig, None, {"jobs": 0})
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +309,11 @@ def test_the_table_view_of_the_measured_rows(measured, tmp_path):
     assert [ln.split(" | ")[0][2:] for ln in body] == [r["stack"] for r in rows]
     assert lines[-1].startswith("P1 peak ratio") and "P2 quality not measured" in lines[-1]
     assert tables.efficiency_table(tmp_path) == []  # no run yet: no table
+    # a contended step time is starred and explained; solo ones are not
+    contended = [dict(r, step_concurrent=i == 1) for i, r in enumerate(rows)]
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "memory.json").write_text(json.dumps(contended))
+    marked = tables.efficiency_table(tmp_path, "e")
+    body = [ln for ln in marked if ln.startswith("| ") and not ln.startswith("| stack")]
+    assert [ln.endswith("* |") for ln in body] == [i == 1 for i in range(len(rows))]
+    assert any("contended" in ln for ln in marked)
