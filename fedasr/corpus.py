@@ -4,12 +4,18 @@
 
 Writes ``audio/<split>/<id>.flac`` (16 kHz mono), ``manifests/<split>.jsonl`` (`fedasr.data`
 contract), ``clients.json`` (each simulated user's voice, channel, names and intent mix) and
-``corpus.json`` (seed, sizes, counts, package versions, manifest hashes) under the out folder.
+``corpus.json`` (seed, sizes, counts, package versions, manifest hashes) under the out folder, and
+``clients_dev.json`` (the same for the user_dev split's users).
 
 * proxy_*: server text (`fedasr.corpus_text`) from a pool of espeak-ng / flite / festival voices
   with random pitch and rate; a share of utterances gets a random device/room channel.
 * user_*: one client per simulated user with a fixed voice (disjoint from the server pool),
-  pitch, rate and channel, its own contacts and places (new terms) and intent mix.
+  pitch, rate and channel, its own contacts and places (new terms) and intent mix. Seen clients'
+  utterances -> user_train and user_heldout, unseen clients' -> user_test.
+* dev splits, for every choice (issue 18), so the test splits are read once per final configuration:
+  proxy_dev; user_dev (more unseen clients, disjoint from user_test) and user_heldout_dev (more new
+  utterances of the seen clients). They are drawn from RNGs of their own after everything else, so adding
+  them changed no utterance, voice or client of the other splits (tests/test_corpus.py checks it).
 * real: Asterisk prompts (one real speaker), evaluation only.
 
 The voices, Debian packages, channels and the rendering itself are `fedasr.corpus_audio`'s.
@@ -30,7 +36,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -39,76 +45,19 @@ import soundfile as sf
 from fedasr.corpus_audio import (FESTIVAL_VOICES, FLITE_VOICES, PYTHON_PACKAGES, SERVER_ACCENTS, SERVER_ENGINES,
                                  SERVER_VARIANTS, USER_ACCENTS, USER_VARIANTS, Channel, CorpusError, asterisk_prompts,
                                  check_requirements, init_worker, render_chunk, sample_channel)
+from fedasr.corpus_profiles import PROFILES, Profile  # re-exported: fedasr.corpus.PROFILES is the same dict
 from fedasr.corpus_text import (LOCALES, TextBank, load_text_bank, make_client_text, oov_rate, proxy_sentence,
                                 user_command, vocabulary)
 from fedasr.data import SAMPLE_RATE, Utterance, is_normalized, write_manifest
 from fedasr.data import SPLITS as _ALL_SPLITS
 
-__all__ = ["GENERATOR_VERSION", "PROFILES", "Profile", "Job", "Plan", "build_plan", "build_corpus", "is_up_to_date",
-           "cli_main"]
+__all__ = ["DEV_CLIENTS_FILE", "GENERATOR_VERSION", "PROFILES", "Job", "Plan", "Profile", "build_corpus", "build_plan",
+           "cli_main", "is_up_to_date"]
 
-# the splits this generator makes: not yet the user dev splits (user_dev, user_heldout_dev) that importers write
-SPLITS = tuple(s for s in _ALL_SPLITS if s not in ("user_heldout_dev", "user_dev"))
+SPLITS = _ALL_SPLITS  # the generator makes every split (importers write the same ones)
+DEV_CLIENTS_FILE = "clients_dev.json"  # user_dev's users; clients.json (and every fingerprint over it) predates them
 
 GENERATOR_VERSION = "1.1"  # bump whenever the same seed would give different audio or text
-
-# ---------------------------------------------------------------- profiles
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Corpus size. Utterances per client ~ lognormal(log(utt_median), utt_sigma), clipped."""
-
-    name: str
-    proxy_train: int
-    proxy_dev: int
-    proxy_test: int
-    seen_clients: int  # utterances -> user_train (~90%) and user_heldout (~10%, at least 1)
-    unseen_clients: int  # utterances -> user_test
-    utt_median: float
-    utt_sigma: float
-    utt_min: int
-    utt_max: int
-    real: int | None = None  # Asterisk prompts to keep (None: all multi-word prompts, ~282)
-    heldout_frac: float = 0.1
-    proxy_channel_frac: float = 0.2  # share of proxy utterances given a random device/room channel: the
-    #   server domain is mostly clean, close-talk speech.
-    train_channel_frac: float | None = None  # the same share for proxy_train alone (None: proxy_channel_frac).
-    #   Multi-condition training: the server's training copy carries more simulated rooms, noise and
-    #   band-limits than its test set, as production ASR trains on room-simulated copies of its data. An early
-    #   measurement (inverse-sqrt recipe, 1 CPU thread) saw 0.5 keep the seed on the character-prior plateau
-    #   (loss 2.7/token after 1,200 steps); configs/seed/quick.toml's warmup-stable-decay recipe learns with it.
-    train_extra_variants: tuple[str, ...] = ()  # espeak-ng variants added to SERVER_VARIANTS for proxy_train
-    #   alone (e.g. MORE_SERVER_VARIANTS): more speakers in server training, still disjoint from the users' variants;
-    #   proxy dev/test keep the server pool they were measured on.
-    contacts: int = 6
-    places: int = 7
-
-    @classmethod
-    def from_record(cls, sizes: dict) -> "Profile":
-        """The profile ``corpus.json`` recorded (JSON lists back to tuples; fields added since take their
-        defaults, which reproduce the plan of a corpus built before they existed)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()})
-
-
-PROFILES = {
-    "tiny": Profile("tiny", 150, 20, 30, 10, 3, utt_median=6, utt_sigma=0.5, utt_min=4, utt_max=12, real=20),
-    # quick: 20,000 proxy utterances (the first 10,000 are the earlier quick corpus's, byte for byte: every
-    # utterance is seeded by (split, index)); results/seed-screens measured more proxy variety helping the
-    # underfit 10-minute seed more than more passes over 10,000 (proxy WER 0.483 -> 0.420 with the inverse-sqrt
-    # recipe, 0.370 -> 0.362 with configs/seed/quick.toml's at 2,600 updates)
-    # train_channel_frac 0.5 (multi-condition training; proxy dev/test keep the domain's 0.2), measured with
-    # configs/seed/quick.toml: proxy WER 0.319 -> 0.347, user WER on utterances without new terms 0.675 -> 0.589
-    # (2.1x -> 1.7x proxy), new terms 0.815 -> 0.720.
-    "quick": Profile("quick", 20000, 200, 300, 120, 20, utt_median=15, utt_sigma=0.7, utt_min=4, utt_max=60,
-                     train_channel_frac=0.5),
-    # full, with configs/seed/full.toml: train_channel_frac 0.2 -> 0.5 gave proxy WER 0.090 -> 0.083, user WER
-    # without new terms 0.245 -> 0.185 (2.7x -> 2.2x proxy), new terms 0.460 -> 0.381. 0.5 -> 0.8 (the 15,000-update
-    # seed has room for more channels, and 555 of 560 users speak through one): proxy WER 0.083 -> 0.092 (clean
-    # 0.058 -> 0.080, with a channel 0.178 -> 0.138), without new terms 0.185 -> 0.155 (1.7x proxy), new terms 0.387.
-    "full": Profile("full", 20000, 500, 1000, 500, 60, utt_median=20, utt_sigma=0.9, utt_min=4, utt_max=150,
-                    train_channel_frac=0.8),
-}
 
 # ---------------------------------------------------------------- plan: what to synthesise, before any audio
 
@@ -146,11 +95,13 @@ class Job:
 
 @dataclass
 class Plan:
-    """Every job per split, the simulated users, and text statistics."""
+    """Every job per split, the simulated users (``clients``: seen and user_test's; ``dev_clients``: user_dev's),
+    and text statistics."""
 
     jobs: dict[str, list[Job]]
     clients: list[dict]
     stats: dict = field(default_factory=dict)
+    dev_clients: list[dict] = field(default_factory=list)
 
 
 def _derive(seed: int, *keys) -> int:
@@ -201,37 +152,58 @@ def _plan_proxy(profile: Profile, seed: int, bank: TextBank) -> dict[str, list[J
     return jobs
 
 
+def _draw_client(profile: Profile, bank: TextBank, cid: str, crng: random.Random, engine: str, voice: str,
+                 seen: bool) -> tuple:
+    """One simulated user from its own RNG, drawn in this order: names and places, pitch, rate, channel, count."""
+    persona = make_client_text(crng, crng.choice(LOCALES), bank.lexicon, profile.contacts, profile.places)
+    pitch = crng.randint(25, 75) if _takes_pitch(engine, voice) else None
+    rate = crng.randint(130, 200) if engine != "pico" else None
+    channel = sample_channel(crng)
+    count = round(crng.lognormvariate(math.log(profile.utt_median), profile.utt_sigma))
+    count = min(max(count, profile.utt_min), profile.utt_max)
+    record = {"id": cid, "seen": seen, "utterances": count, "locale": persona.locale, "voice": f"{engine}:{voice}",
+              "pitch": pitch, "rate": rate, "channel": asdict(channel), "contacts": list(persona.contacts),
+              "places": list(persona.places), "intent_weights": dict(zip(bank.by_intent, persona.intent_weights))}
+    return persona, record, (engine, voice, pitch, rate, channel)
+
+
+def _user_job(rng: random.Random, bank: TextBank, persona, cid: str, voice: tuple, j: int, split: str) -> Job:
+    """The client's ``j``-th utterance: a command with its names and places, in its voice and channel."""
+    sentence, terms = user_command(rng, bank, persona)
+    return Job(f"{cid}_{j:03d}", split, sentence, *voice, rng.getrandbits(63), f"{cid}:{_speaker(*voice[:4])}", cid,
+               terms)
+
+
 def _plan_users(profile: Profile, seed: int, bank: TextBank, voices: list[tuple[str, str]]):
-    """Simulated users: fixed voice, pitch, rate, channel, names, places and intent mix each."""
+    """Simulated users: fixed voice, pitch, rate, channel, names, places and intent mix each.
+
+    The dev splits' users and utterances come from RNGs of their own (``"dev_client"``, ``"heldout_dev"``) and
+    follow the others' ids, so they leave every other split's jobs and clients exactly as they were without them.
+    """
     n = profile.seen_clients + profile.unseen_clients
     rng = random.Random(_derive(seed, "clients"))
     unseen = set(rng.sample(range(n), profile.unseen_clients))
     order = rng.sample(voices, len(voices))  # cycled, so every voice serves about as many clients
-    jobs = {"user_train": [], "user_heldout": [], "user_test": []}
-    clients = []
-    for c in range(n):
-        cid, crng = f"c{c:04d}", random.Random(_derive(seed, "client", c))
-        persona = make_client_text(crng, crng.choice(LOCALES), bank.lexicon, profile.contacts, profile.places)
-        engine, voice = order[c % len(order)]
-        pitch = crng.randint(25, 75) if _takes_pitch(engine, voice) else None
-        rate = crng.randint(130, 200) if engine != "pico" else None
-        channel = sample_channel(crng)
-        count = round(crng.lognormvariate(math.log(profile.utt_median), profile.utt_sigma))
-        count = min(max(count, profile.utt_min), profile.utt_max)
+    jobs = {s: [] for s in ("user_train", "user_heldout", "user_heldout_dev", "user_test", "user_dev")}
+    clients, dev_clients = [], []
+    for c in range(n + profile.dev_clients):
+        dev, cid = c >= n, f"c{c:04d}"
+        crng = random.Random(_derive(seed, "dev_client", c - n) if dev else _derive(seed, "client", c))
+        seen = not dev and c not in unseen
+        persona, record, voice = _draw_client(profile, bank, cid, crng, *order[c % len(order)], seen)
+        count = record["utterances"]
         heldout = set()
-        if c not in unseen and count >= 4:
+        if seen and count >= 4:
             heldout = set(crng.sample(range(count), max(1, round(profile.heldout_frac * count))))
-        speaker = f"{cid}:{_speaker(engine, voice, pitch, rate)}"
         for j in range(count):
-            sentence, terms = user_command(crng, bank, persona)
-            split = "user_test" if c in unseen else "user_heldout" if j in heldout else "user_train"
-            jobs[split].append(Job(f"{cid}_{j:03d}", split, sentence, engine, voice, pitch, rate, channel,
-                                   crng.getrandbits(63), speaker, cid, terms))
-        clients.append({"id": cid, "seen": c not in unseen, "utterances": count, "locale": persona.locale,
-                        "voice": f"{engine}:{voice}", "pitch": pitch, "rate": rate, "channel": asdict(channel),
-                        "contacts": list(persona.contacts), "places": list(persona.places),
-                        "intent_weights": dict(zip(bank.by_intent, persona.intent_weights))})
-    return jobs, clients
+            split = "user_dev" if dev else "user_test" if not seen else "user_heldout" if j in heldout else "user_train"
+            jobs[split].append(_user_job(crng, bank, persona, cid, voice, j, split))
+        extra = max(1, round(profile.heldout_dev_frac * count)) if heldout and profile.heldout_dev_frac > 0 else 0
+        drng = random.Random(_derive(seed, "heldout_dev", c))
+        jobs["user_heldout_dev"] += [_user_job(drng, bank, persona, cid, voice, j, "user_heldout_dev")
+                                     for j in range(count, count + extra)]
+        (dev_clients if dev else clients).append(record)
+    return jobs, clients, dev_clients
 
 
 def _plan_real(profile: Profile, seed: int, prompts: list[tuple[str, str, str]]) -> list[Job]:
@@ -247,7 +219,7 @@ def build_plan(profile: Profile, seed: int = 0, nonfree_voices=(), real_prompts=
     """Decide every utterance's text, voice and channel without synthesising anything (fast)."""
     bank = bank or load_text_bank()
     jobs = _plan_proxy(profile, seed, bank)
-    user_jobs, clients = _plan_users(profile, seed, bank, user_voices(nonfree_voices))
+    user_jobs, clients, dev_clients = _plan_users(profile, seed, bank, user_voices(nonfree_voices))
     jobs.update(user_jobs)
     jobs["real"] = _plan_real(profile, seed, list(real_prompts))
     bad = [j.text for split_jobs in jobs.values() for j in split_jobs if not is_normalized(j.text)]
@@ -255,12 +227,12 @@ def build_plan(profile: Profile, seed: int = 0, nonfree_voices=(), real_prompts=
     if bad or stray:  # a template or list error: fail before any audio is made
         raise CorpusError(f"text not normalised: {bad[:3]}; proxy words outside the server lexicon: {sorted(stray)[:5]}")
     proxy_vocab = vocabulary(j.text for j in jobs["proxy_train"])
-    user = [j for s in ("user_train", "user_heldout", "user_test") for j in jobs[s]]
+    user = [j for s in ("user_train", "user_heldout", "user_test") for j in jobs[s]]  # as before the dev splits
     stats = {"proxy_train_word_types": len(proxy_vocab),
              "user_word_types": len(vocabulary(j.text for j in user)),
              "user_oov_rate_vs_proxy_train": round(oov_rate((j.text for j in user), proxy_vocab), 4),
              "user_utterances_with_terms": round(sum(bool(j.terms) for j in user) / max(len(user), 1), 4)}
-    return Plan({s: jobs[s] for s in SPLITS}, clients, stats)
+    return Plan({s: jobs[s] for s in SPLITS}, clients, stats, dev_clients)
 
 
 # ---------------------------------------------------------------- build
@@ -281,7 +253,8 @@ def build_corpus(profile: Profile | str, out: str | Path, seed: int = 0, nonfree
     """Build the corpus under ``out`` and return the ``corpus.json`` record.
 
     Requirements are checked before anything is synthesised; ``out/audio`` and ``out/manifests``
-    are replaced. Timing is printed, never stored, so corpus.json is byte-stable.
+    are replaced, except the audio `_rendered` finds already made from the same jobs (kept, not re-rendered).
+    Timing is printed, never stored, so corpus.json is byte-stable.
     """
     profile = PROFILES[profile] if isinstance(profile, str) else profile
     out = Path(out)
@@ -291,15 +264,24 @@ def build_corpus(profile: Profile | str, out: str | Path, seed: int = 0, nonfree
         print("fedasr.corpus: --nonfree, but no mbrola or pico voice is installed (see data.md §3)")
     prompts, missing_wavs = asterisk_prompts()
     plan = build_plan(profile, seed, env["nonfree_voices"], prompts)
-    for sub in ("audio", "manifests"):
-        shutil.rmtree(out / sub, ignore_errors=True)
+    all_jobs = [j for split in SPLITS for j in plan.jobs[split]]
+    rendered = _rendered(out, profile, seed, nonfree, env)
+    kept = {j.id: rendered[j.path] for j in all_jobs if j.path in rendered}
+    shutil.rmtree(out / "manifests", ignore_errors=True)
+    if kept:  # drop only audio that this plan does not have
+        for path in (out / "audio").rglob("*.flac"):
+            if path.relative_to(out).as_posix() not in rendered or path.stem not in kept:
+                path.unlink()
+    else:
+        shutil.rmtree(out / "audio", ignore_errors=True)
     for split in SPLITS:
         (out / "audio" / split).mkdir(parents=True, exist_ok=True)
-    jobs = [j for split in SPLITS for j in plan.jobs[split]]
+    jobs = [j for j in all_jobs if j.id not in kept]
     chunks = [jobs[i:i + chunk_size] for i in range(0, len(jobs), chunk_size)]
     workers = workers or min(os.cpu_count() or 1, 8)
-    print(f"fedasr.corpus: profile {profile.name}, seed {seed}: {len(jobs)} utterances, "
-          f"{len(plan.clients)} clients, {workers} workers (plan {time.perf_counter() - t0:.1f} s)", flush=True)
+    print(f"fedasr.corpus: profile {profile.name}, seed {seed}: {len(jobs)} utterances to render ({len(kept)} kept), "
+          f"{len(plan.clients) + len(plan.dev_clients)} clients, {workers} workers "
+          f"(plan {time.perf_counter() - t0:.1f} s)", flush=True)
     lengths: list[int] = []
     with tempfile.TemporaryDirectory(prefix="fedasr-corpus-") as tmp, \
             multiprocessing.get_context("fork").Pool(workers, init_worker, (str(out), tmp, env["noises"])) as pool:
@@ -307,12 +289,12 @@ def build_corpus(profile: Profile | str, out: str | Path, seed: int = 0, nonfree
             lengths += done
             if len(lengths) % (chunk_size * 40) < chunk_size:
                 print(f"  {len(lengths)}/{len(jobs)} utterances, {time.perf_counter() - t0:.0f} s", flush=True)
-    durations = {j.id: round(n / SAMPLE_RATE, 4) for j, n in zip(jobs, lengths)}
+    durations = {j.id: round(n / SAMPLE_RATE, 4) for j, n in zip(jobs, lengths)} | kept
     record = _write_outputs(out, profile, seed, nonfree, plan, durations, env, len(prompts), missing_wavs)
     hours = sum(durations.values()) / 3600
     wall = time.perf_counter() - t0
-    print(f"fedasr.corpus: wrote {out}: {len(jobs)} utterances, {hours:.2f} h of audio in {wall:.0f} s "
-          f"({len(jobs) / wall:.1f} utt/s)")
+    print(f"fedasr.corpus: wrote {out}: {len(durations)} utterances, {hours:.2f} h of audio; rendered {len(jobs)} "
+          f"in {wall:.0f} s ({len(jobs) / wall:.1f} utt/s)")
     return record
 
 
@@ -327,6 +309,7 @@ def _write_outputs(out: Path, profile: Profile, seed: int, nonfree: bool, plan: 
         splits[split] = {"utterances": len(utts), "hours": round(sum(u.duration for u in utts) / 3600, 4),
                          "speakers": len({u.speaker for u in utts}), "clients": len({u.client for u in utts} - {None})}
     (out / "clients.json").write_text(json.dumps(plan.clients, indent=1, sort_keys=True) + "\n")
+    (out / DEV_CLIENTS_FILE).write_text(json.dumps(plan.dev_clients, indent=1, sort_keys=True) + "\n")
     voices = {d: sorted({j.voice_id for s in SPLITS if s.startswith(d) for j in plan.jobs[s]}) for d in ("proxy", "user")}
     record = {
         "generator_version": GENERATOR_VERSION,
@@ -335,7 +318,7 @@ def _write_outputs(out: Path, profile: Profile, seed: int, nonfree: bool, plan: 
         "nonfree": nonfree,
         "sizes": asdict(profile),
         "splits": splits,
-        "clients": {"seen": profile.seen_clients, "unseen": profile.unseen_clients},
+        "clients": {"seen": profile.seen_clients, "unseen": profile.unseen_clients, "dev": profile.dev_clients},
         "voices": voices,
         "nonfree_voices_available": [f"{e}:{v}" for e, v in env["nonfree_voices"]],
         "real_prompts": {"multi_word": n_prompts + missing_wavs, "skipped_missing_wav": missing_wavs,
@@ -344,7 +327,7 @@ def _write_outputs(out: Path, profile: Profile, seed: int, nonfree: bool, plan: 
         "debian_packages": env["packages"],
         "python_packages": _python_versions(),
         "sha256": {f"manifests/{s}.jsonl": _sha256(out / "manifests" / f"{s}.jsonl") for s in SPLITS}
-        | {"clients.json": _sha256(out / "clients.json")},
+        | {name: _sha256(out / name) for name in ("clients.json", DEV_CLIENTS_FILE)},
     }
     (out / "corpus.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
@@ -371,17 +354,50 @@ def is_up_to_date(out: str | Path, profile: str, seed: int = 0, nonfree: bool = 
         if not (out / rel).exists() or _sha256(out / rel) != digest:
             return False
     for split in SPLITS:
-        for line in (out / "manifests" / f"{split}.jsonl").read_text().splitlines():
+        manifest = out / "manifests" / f"{split}.jsonl"
+        if not manifest.exists():
+            return False
+        for line in manifest.read_text().splitlines():
             if not (out / json.loads(line)["path"]).exists():
                 return False
     return True
 
 
+def _rendered(out: Path, profile: Profile, seed: int, nonfree: bool, env: dict) -> dict[str, float]:
+    """Audio path -> duration of the audio ``out`` already holds from the very jobs this build would render, to
+    keep: a complete corpus of this generator, seed and packages whose profile differs at most in the dev split
+    sizes (e.g. one built before the dev splits), whose other jobs are the same (tests/test_corpus.py), and so
+    is their audio (rendering is deterministic). {} when anything else differs."""
+    try:
+        record = json.loads((out / "corpus.json").read_text())
+        old = Profile.from_record(record["sizes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    same = (GENERATOR_VERSION, seed, nonfree, env["packages"], _python_versions(),
+            [f"{e}:{v}" for e, v in env["nonfree_voices"]])
+    if (record.get("generator_version"), record.get("seed"), record.get("nonfree"), record.get("debian_packages"),
+            record.get("python_packages"), record.get("nonfree_voices_available")) != same or \
+            replace(old, dev_clients=profile.dev_clients, heldout_dev_frac=profile.heldout_dev_frac) != profile:
+        return {}
+    durations = {}
+    for rel, digest in record.get("sha256", {}).items():
+        if not (out / rel).exists() or _sha256(out / rel) != digest:
+            return {}
+        if rel.startswith("manifests/"):
+            for line in (out / rel).read_text().splitlines():
+                u = json.loads(line)
+                if not (out / u["path"]).exists():
+                    return {}
+                durations[u["path"]] = u["duration"]
+    return durations
+
+
 def _print_dry_run(plan: Plan, profile: Profile) -> None:
     for split in SPLITS:
         jobs = plan.jobs[split]
-        print(f"{split:13s} {len(jobs):6d} utterances" + (f"   e.g. {jobs[0].voice_id}: {jobs[0].text!r}" if jobs else ""))
-    print(f"clients: {profile.seen_clients} seen + {profile.unseen_clients} unseen; text: {json.dumps(plan.stats)}")
+        print(f"{split:16s} {len(jobs):6d} utterances" + (f"   e.g. {jobs[0].voice_id}: {jobs[0].text!r}" if jobs else ""))
+    print(f"clients: {profile.seen_clients} seen + {profile.unseen_clients} unseen + {profile.dev_clients} unseen "
+          f"for user_dev; text: {json.dumps(plan.stats)}")
 
 
 def cli_main(argv: list[str] | None = None) -> int:

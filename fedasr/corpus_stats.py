@@ -1,8 +1,8 @@
 """The corpus as a person meets it: voices, clients, durations, channels and new terms (notebook 00_data).
 
 Plain functions returning rows (lists of dicts) or dicts that the notebook shows and `fedasr.plotting_data`
-draws, from the manifests (`fedasr.data.load_corpus`), ``clients.json`` (each user's voice, channel, names,
-places) and, for the proxy channels the manifests do not record, the plan `fedasr.corpus.build_plan` re-makes
+draws, from the manifests (`fedasr.data.load_corpus`), ``clients.json`` and ``clients_dev.json`` (each user's
+voice, channel, names, places; the second file: the user_dev split's users) and, for the proxy channels the manifests do not record, the plan `fedasr.corpus.build_plan` re-makes
 from ``corpus.json``. Per-split counts, hours and vocabulary sizes are `fedasr.data.summarize_corpus`'s.
 "Server text" is the ``proxy_train`` transcripts unless a function is told otherwise: the seed model's.
 """
@@ -26,21 +26,24 @@ from fedasr.corpus_audio import (FESTIVAL_VOICES, FLITE_VOICES, SERVER_ACCENTS, 
                                  USER_VARIANTS, Channel)
 from fedasr.data import DOMAINS, SPLITS, Utterance, load_audio, load_corpus
 
-__all__ = ["SERVER_SPLITS", "USER_SPLITS", "CONDITIONS", "load_clients", "voice_parts", "engine_table",
+__all__ = ["SERVER_SPLITS", "USER_SPLITS", "UNSEEN_SPLITS", "CONDITIONS", "load_clients", "voice_parts", "engine_table",
            "voice_table", "voice_pools", "client_sizes", "long_tail", "duration_stats", "channel_conditions",
            "channel_label", "proxy_channels", "channel_summary", "new_terms", "vocabulary_overlap",
            "client_new_terms", "pick_examples", "log_mel"]
 
 SERVER_SPLITS = ("proxy_train",)  # the server's text: what the seed model is trained on
-USER_SPLITS = ("user_train", "user_heldout", "user_test")
+USER_SPLITS = ("user_train", "user_heldout", "user_heldout_dev", "user_test", "user_dev")  # seen clients', then unseen
+UNSEEN_SPLITS = ("user_test", "user_dev")  # clients that never train
 CONDITIONS = ("clean", "room", "band-limit", "noise")  # a channel has any of the last three, or none
 
 Corpus = Mapping[str, Sequence[Utterance]]  # split -> utterances, as `fedasr.data.load_corpus` returns
 
 
 def load_clients(root: str | Path) -> dict[str, dict]:
-    """Read ``<root>/clients.json``: client id -> its voice, pitch, rate, channel, names, places, intent mix."""
-    return {c["id"]: c for c in json.loads((Path(root) / "clients.json").read_text())}
+    """Read ``<root>/clients.json`` (and ``clients_dev.json``, where the generator wrote user_dev's users): client
+    id -> its voice, pitch, rate, channel, names, places, intent mix."""
+    files = [Path(root) / name for name in ("clients.json", corpus_lib.DEV_CLIENTS_FILE)]
+    return {c["id"]: c for f in files if f.exists() for c in json.loads(f.read_text())}
 
 
 def _utterances(corpus: Corpus, splits: Iterable[str] = SPLITS) -> list[Utterance]:
@@ -101,7 +104,7 @@ def client_sizes(corpus: Corpus, clients: Mapping[str, dict] | None = None) -> l
     for u in _utterances(corpus, USER_SPLITS):
         by_client[u.client].append(u)
     info = {c: clients[c] if clients and c in clients else {} for c in by_client}
-    rows = [{"client": c, "seen": info[c].get("seen", any(u.split != "user_test" for u in us)),
+    rows = [{"client": c, "seen": info[c].get("seen", any(u.split not in UNSEEN_SPLITS for u in us)),
              **{s.removeprefix("user_"): sum(u.split == s for u in us) for s in USER_SPLITS},
              "total": len(us), "seconds": round(sum(u.duration for u in us), 1), "voice": us[0].voice}
             | ({"locale": info[c]["locale"], "channel": channel_label(info[c]["channel"])} if info[c] else {})

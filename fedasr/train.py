@@ -15,7 +15,6 @@ CLI: ``python -m fedasr.train --config configs/seed/quick.toml [--out results/se
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import io
 import json
@@ -24,7 +23,7 @@ import random
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -200,7 +199,7 @@ def save_checkpoint(directory: str | Path, model: ASRModel, tokenizer: Tokenizer
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
-    payload = {"model_config": dataclasses.asdict(model.config), "feature_config": dataclasses.asdict(fcfg),
+    payload = {"model_config": asdict(model.config), "feature_config": asdict(fcfg),
                "state_dict": weights, "state": state or {}}
     with results.atomic_write(directory / "model.pt") as tmp:
         torch.save(payload, tmp)
@@ -234,9 +233,11 @@ def load_checkpoint(directory: str | Path) -> tuple[ASRModel, Tokenizer, feats_l
 
 
 def seed_fingerprint(cfg: SeedConfig) -> str:
-    """Hash of the resolved config and the corpus manifests: a seed is retrained only when this changes."""
+    """Hash of the resolved config and the corpus files (the dev splits', issue 18, only if evaluated: seeds made
+    before them keep their fingerprints): a seed is retrained only when this changes."""
     meta = json.loads((cfg.corpus_path() / "corpus.json").read_text())
-    manifests = meta.get("sha256", meta.get("manifest_sha256", {}))
+    skip = {"clients_dev.json"} | {f"manifests/{s}.jsonl" for s in {"user_dev", "user_heldout_dev"} - {*cfg.eval_splits}}
+    manifests = {k: v for k, v in meta.get("sha256", meta.get("manifest_sha256", {})).items() if k not in skip}
     blob = json.dumps({"config": config_lib.to_dict(cfg), "manifests": manifests}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -1,5 +1,6 @@
 """Tests of the TTS corpus generator: determinism, manifest contract, non-IID user domain, errors."""
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -31,7 +32,7 @@ from fedasr.data import (
     read_manifest,
 )
 
-USER_SPLITS = ("user_train", "user_heldout", "user_test")
+USER_SPLITS = ("user_train", "user_heldout", "user_heldout_dev", "user_test", "user_dev")
 PROXY_SPLITS = ("proxy_train", "proxy_dev", "proxy_test")
 
 needs_debian = pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="the generator needs Debian packages")
@@ -169,7 +170,7 @@ def test_each_client_has_one_voice_and_channel(quick_plan):
     for split in USER_SPLITS:
         for j in quick_plan.jobs[split]:
             by_client[j.client].add((j.speaker, j.voice_id, j.pitch, j.rate, j.channel))
-    assert len(by_client) == len(quick_plan.clients)
+    assert len(by_client) == len(quick_plan.clients) + len(quick_plan.dev_clients)
     assert all(len(v) == 1 for v in by_client.values())
 
 
@@ -178,12 +179,13 @@ def test_user_terms_never_occur_in_proxy_text(quick_plan):
     term_words = {w for terms in _terms_by_client(quick_plan).values() for t in terms for w in t.split()}
     assert len(term_words) > 500
     assert proxy_words.isdisjoint(term_words)
-    assert proxy_words.isdisjoint(w for c in quick_plan.clients for name in c["contacts"] + c["places"]
+    assert proxy_words.isdisjoint(w for c in quick_plan.clients + quick_plan.dev_clients
+                                  for name in c["contacts"] + c["places"]
                                   for w in name.split())
 
 
 def test_terms_are_the_clients_own_names_and_places(quick_plan):
-    clients = {c["id"]: c for c in quick_plan.clients}
+    clients = {c["id"]: c for c in quick_plan.clients + quick_plan.dev_clients}
     with_terms = 0
     for split in USER_SPLITS:
         for j in quick_plan.jobs[split]:
@@ -215,6 +217,9 @@ def test_unseen_clients_are_disjoint_and_seen_clients_have_heldout(quick_plan):
     assert clients["user_heldout"] == clients["user_train"]
     assert len(clients["user_test"]) == PROFILES["quick"].unseen_clients
     assert len(clients["user_train"]) == PROFILES["quick"].seen_clients
+    assert clients["user_dev"].isdisjoint(clients["user_test"] | clients["user_train"])
+    assert len(clients["user_dev"]) == PROFILES["quick"].dev_clients
+    assert clients["user_heldout_dev"] == clients["user_train"]
 
 
 def test_utterance_counts_are_long_tailed(quick_plan):
@@ -224,6 +229,131 @@ def test_utterance_counts_are_long_tailed(quick_plan):
     assert statistics.mean(counts) > statistics.median(counts)  # right skew
     assert counts[int(0.95 * len(counts))] >= 2.5 * statistics.median(counts)
     assert len(set(counts)) > 20
+
+
+# ---------------------------------------------------------------- dev splits (issue 18): nothing that existed changed
+
+OLD_SPLITS = ("proxy_train", "proxy_dev", "proxy_test", "user_train", "user_heldout", "user_test", "real")
+# sha256 of every job of the splits that existed before the dev splits (id, text, engine, voice, pitch, rate,
+# channel, seed, speaker, client, terms) and every client record, computed with the generator as it was before them
+# (commit 0b6b940: build_plan(PROFILES[name], 0), no real prompts; `_jobs_digest` below serialises them).
+BEFORE_DEV_SPLITS = {"tiny": "5010805c3a24e2595b9f3f54688fc7e1f535e81b4bfe844140a6c8ba2830237c",
+                     "quick": "88cd4aba2a459caa83580b90008fb52dad7fc73f551152013c43646d40e6e2a4",
+                     "full": "823cff3e5519e10af822cfb16ae818e7a726ae903f9b94e44f011289abbd9cf5"}
+TINY = Path(__file__).resolve().parents[1] / "data" / "tiny"
+
+
+def _jobs_digest(plan) -> str:
+    blob = json.dumps({"jobs": {s: [dataclasses.asdict(j) for j in plan.jobs[s]] for s in OLD_SPLITS},
+                       "clients": plan.clients}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def test_dev_splits_change_no_job_or_client_of_the_other_splits(quick_plan):
+    plans = {"quick": quick_plan, "tiny": build_plan(PROFILES["tiny"], 0), "full": build_plan(PROFILES["full"], 0)}
+    for name, plan in plans.items():
+        assert _jobs_digest(plan) == BEFORE_DEV_SPLITS[name], name
+        assert len(plan.dev_clients) == PROFILES[name].dev_clients > 0 and plan.jobs["user_heldout_dev"]
+    without = build_plan(dataclasses.replace(PROFILES["tiny"], dev_clients=0, heldout_dev_frac=0.0), 0)
+    assert not (without.jobs["user_dev"] or without.jobs["user_heldout_dev"] or without.dev_clients)
+    assert all(without.jobs[s] == plans["tiny"].jobs[s] for s in OLD_SPLITS) and without.clients == plans["tiny"].clients
+
+
+def test_dev_splits_are_as_large_as_their_test_splits_and_follow_the_other_ids(quick_plan):
+    p, jobs = PROFILES["quick"], quick_plan.jobs
+    counts = {c["id"]: c["utterances"] for c in quick_plan.clients + quick_plan.dev_clients}
+    n = p.seen_clients + p.unseen_clients
+    assert [c["id"] for c in quick_plan.dev_clients] == [f"c{c:04d}" for c in range(n, n + p.dev_clients)]
+    assert all(not c["seen"] for c in quick_plan.dev_clients)
+    assert {j.client for j in jobs["user_dev"]} == {c["id"] for c in quick_plan.dev_clients}
+    assert len(jobs["user_dev"]) == sum(c["utterances"] for c in quick_plan.dev_clients)
+    assert 0.7 < len(jobs["user_dev"]) / len(jobs["user_test"]) < 1.4
+    assert 0.8 < len(jobs["user_heldout_dev"]) / len(jobs["user_heldout"]) < 1.25
+    assert all(int(j.id.rsplit("_", 1)[1]) >= counts[j.client] for j in jobs["user_heldout_dev"])  # after its others
+    seen = {j.id for s in OLD_SPLITS for j in jobs[s]}
+    assert seen.isdisjoint(j.id for s in ("user_dev", "user_heldout_dev") for j in jobs[s])
+    # a seen client's dev utterances: its own voice, channel and names; new sentences, not copies of its others
+    texts = defaultdict(set)
+    for j in jobs["user_train"] + jobs["user_heldout"]:
+        texts[j.client].add(j.text)
+    fresh = sum(j.text not in texts[j.client] for j in jobs["user_heldout_dev"]) / len(jobs["user_heldout_dev"])
+    assert fresh > 0.5
+
+
+def _manifest_rows(path: Path) -> list[tuple]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(d["id"], d["path"], d["text"], d["speaker"], d["voice"], d["client"], d["split"], d["domain"],
+             tuple(d["terms"])) for d in rows]
+
+
+@pytest.mark.skipif(not (TINY / "corpus.json").exists(), reason="data/tiny manifests not present")
+def test_committed_tiny_manifests_are_the_plan():
+    """data/tiny's committed manifests (written before the dev splits, untouched since, but for the two dev
+    manifests added) and users are exactly what the generator plans today, durations aside."""
+    try:
+        prompts = corpus_audio.asterisk_prompts()[0]
+    except (OSError, StopIteration):  # no dpkg or no Asterisk prompts: the real split cannot be planned here
+        prompts = []
+    plan = build_plan(PROFILES["tiny"], 0, real_prompts=prompts)
+    for split in SPLITS:
+        if split == "real" and not prompts:
+            continue
+        planned = [(j.id, j.path, j.text, j.speaker, "real:allison" if j.engine == "real" else j.voice_id, j.client,
+                    j.split, j.domain, j.terms) for j in plan.jobs[split]]
+        assert _manifest_rows(TINY / "manifests" / f"{split}.jsonl") == planned, split
+    assert json.loads((TINY / "clients.json").read_text()) == json.loads(json.dumps(plan.clients))
+    assert json.loads((TINY / corpus.DEV_CLIENTS_FILE).read_text()) == json.loads(json.dumps(plan.dev_clients))
+    record = json.loads((TINY / "corpus.json").read_text())
+    assert corpus.Profile.from_record(record["sizes"]) == PROFILES["tiny"]
+    assert all(hashlib.sha256((TINY / rel).read_bytes()).hexdigest() == h for rel, h in record["sha256"].items())
+
+
+@needs_debian
+def test_a_corpus_from_before_the_dev_splits_renders_only_them(tiny_builds, tmp_path, capsys):
+    """`make data` on a corpus built before the dev splits keeps its audio and renders the dev splits alone;
+    the result is byte for byte a fresh build. Anything else changed (sizes, seed) keeps nothing."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_builds[0], old)
+    record = json.loads((old / "corpus.json").read_text())
+    for key in ("dev_clients", "heldout_dev_frac"):
+        del record["sizes"][key]
+    for rel in ("manifests/user_dev.jsonl", "manifests/user_heldout_dev.jsonl", corpus.DEV_CLIENTS_FILE):
+        (old / rel).unlink()
+        del record["sha256"][rel]
+    for split in ("user_dev", "user_heldout_dev"):
+        shutil.rmtree(old / "audio" / split)
+    (old / "corpus.json").write_text(json.dumps(record))
+    assert not corpus.is_up_to_date(old, "tiny", seed=0)
+    env = corpus_audio.check_requirements(False)
+    assert corpus._rendered(old, dataclasses.replace(PROFILES["tiny"], proxy_test=31), 0, False, env) == {}
+    assert corpus._rendered(old, PROFILES["tiny"], 1, False, env) == {}
+    kept = min((old / "audio" / "user_train").glob("*.flac"))
+    mtime = kept.stat().st_mtime_ns
+    capsys.readouterr()
+    build_corpus("tiny", old, seed=0, workers=2)
+    plan = build_plan(PROFILES["tiny"], 0)
+    n_dev = len(plan.jobs["user_dev"]) + len(plan.jobs["user_heldout_dev"])
+    assert f": {n_dev} utterances to render" in capsys.readouterr().out
+    assert kept.stat().st_mtime_ns == mtime
+    assert _tree_hashes(old) == _tree_hashes(tiny_builds[0])
+    assert corpus.is_up_to_date(old, "tiny", seed=0)
+
+
+def test_seed_fingerprint_leaves_out_the_dev_splits_unless_the_seed_evaluates_them(tmp_path):
+    """Adding the dev splits to a corpus keeps every committed seed's fingerprint (no retraining)."""
+    from fedasr import train
+
+    cfg = train.SeedConfig(corpus=str(tmp_path))
+    sha = {f"manifests/{s}.jsonl": s for s in OLD_SPLITS} | {"clients.json": "c"}
+    (tmp_path / "corpus.json").write_text(json.dumps({"sha256": sha}))
+    before = train.seed_fingerprint(cfg)
+    sha |= {"manifests/user_dev.jsonl": "d", "manifests/user_heldout_dev.jsonl": "h", corpus.DEV_CLIENTS_FILE: "u"}
+    (tmp_path / "corpus.json").write_text(json.dumps({"sha256": sha}))
+    assert train.seed_fingerprint(cfg) == before
+    assert train.seed_fingerprint(dataclasses.replace(cfg, eval_splits=[*cfg.eval_splits, "user_dev"])) != before
+    sha["manifests/proxy_train.jsonl"] = "changed"
+    (tmp_path / "corpus.json").write_text(json.dumps({"sha256": sha}))
+    assert train.seed_fingerprint(cfg) != before
 
 
 # ---------------------------------------------------------------- text

@@ -66,9 +66,23 @@ def test_vocabulary_overlap_counts_types_and_tokens(corpus):
 def test_client_sizes_count_each_split_and_sort_largest_first(corpus):
     rows = cs.client_sizes(corpus)
     assert [r["client"] for r in rows] == ["ca", "cb", "cc"]
-    assert rows[0] | {} == {"client": "ca", "seen": True, "train": 3, "heldout": 1, "test": 0, "total": 4,
-                            "seconds": 7.5, "voice": "espeak:en-029+m2"}
+    assert rows[0] | {} == {"client": "ca", "seen": True, "train": 3, "heldout": 1, "heldout_dev": 0, "test": 0,
+                            "dev": 0, "total": 4, "seconds": 7.5, "voice": "espeak:en-029+m2"}
     assert rows[2]["seen"] is False and rows[2]["test"] == 1
+    corpus = dict(corpus) | {"user_dev": [_u("d0", "call mom", "user_dev", "cd", "espeak:en-029+f2", 1.0)],
+                             "user_heldout_dev": [_u("b1", "call dad", "user_heldout_dev", "cb", duration=1.0)]}
+    rows = {r["client"]: r for r in cs.client_sizes(corpus)}
+    assert rows["cd"]["seen"] is False and rows["cd"]["dev"] == 1  # user_dev's users never train
+    assert rows["cb"]["seen"] is True and (rows["cb"]["heldout_dev"], rows["cb"]["total"]) == (1, 2)
+
+
+@pytest.mark.skipif(not (TINY / "corpus.json").exists(), reason="data/tiny manifests not present")
+def test_load_clients_reads_the_dev_users_too():
+    clients = cs.load_clients(TINY)
+    record = json.loads((TINY / "corpus.json").read_text())
+    assert len(clients) == sum(record["clients"].values())
+    dev = {u.client for u in data.load_corpus(TINY, ["user_dev"])["user_dev"]}
+    assert dev and all(clients[c]["seen"] is False for c in dev)
 
 
 def test_long_tail_share_of_the_largest_tenth():
