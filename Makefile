@@ -19,7 +19,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
 .PHONY: help setup system-deps data summary seed seed-full efficiency efficiency-quality smoke deployment-demo \
-        federated reliability privacy-audit dp-quick import-librispeech import-commonvoice quality quality-seeds quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
+        federated reliability filter-calibration privacy-audit dp-quick import-librispeech import-commonvoice quality quality-seeds quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
         compare test test-all test-gpu clean-data
 
 help:  ## list targets
@@ -91,6 +91,9 @@ dp-quick: seed  ## WER against ε at the quick profile (configs/privacy/dp.toml)
 
 quality-seeds: seed  ## the ablation over seeds 0, 1, 2 → results/quality/{wer,evidence}.json (3 x notebook 04's time)
 	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/$(PROFILE).toml', {'seeds': [0, 1, 2]}))"
+
+filter-calibration: setup  ## the on-device filter calibrated on half the seen clients, judged on the other half and on an unseen kind of wrong correction → results/quality/filter_calibration.json
+	$(PY) -m fedasr.filter_calibration --out results/quality/filter_calibration.json
 
 quality-mixing: seed  ## Mixed FL's α screen (configs/quality/mixing.toml) → results/quality-mixing/
 	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/mixing.toml'))"
