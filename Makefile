@@ -19,7 +19,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
 .PHONY: help setup system-deps data summary seed seed-full efficiency efficiency-quality smoke deployment-demo \
-        federated reliability filter-calibration privacy-audit dp-quick import-librispeech import-commonvoice quality quality-seeds quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
+        federated reliability filter-calibration secagg privacy-audit dp-quick import-librispeech import-commonvoice quality quality-seeds quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
         compare test test-all test-gpu clean-data
 
 help:  ## list targets
@@ -81,6 +81,9 @@ reliability: seed  ## client faults (quick ASR), SIGKILL + resume, fuzz → resu
 	$(PY) -m fedasr.reliability resume     # toy task: server SIGKILLed mid-run, resumed, final weights compared bitwise
 	$(PY) -m fedasr.fuzz                   # malformed inputs at every entry point
 	$(PY) -m fedasr.reliability assemble   # merges every parts/*.json (deployment, dp, secagg, privacy too) → summary.json
+
+secagg: seed  ## secure aggregation (pairwise masking) vs the same int8/int4 uploads unmasked, quick profile → results/reliability/parts/secagg.json
+	$(PY) -m fedasr.federated.secagg_experiment --config configs/reliability/secagg.toml --out results/reliability/parts/secagg.json
 
 privacy-audit: setup  ## what leaves a device: audit every ClientApp reply on data/tiny → results/reliability/parts/privacy.json
 	$(MAKE) data PROFILE=tiny

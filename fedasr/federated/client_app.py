@@ -19,7 +19,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from fedasr import omc
-from fedasr.federated import faults, privacy, transport
+from fedasr.federated import faults, privacy, secagg, transport
 from fedasr.federated.client_update import client_update
 from fedasr.federated.config import (
     FedConfig,
@@ -32,7 +32,7 @@ from fedasr.federated.task import FederatedTask, make_task
 from fedasr.federated.transport import DOWNLOAD_META, TRANSPORT, UPLOAD_META
 from fedasr.seeding import derive_seed
 
-__all__ = ["make_client_app", "app", "hosted_clients"]
+__all__ = ["app", "hosted_clients", "make_client_app"]
 
 TaskFactory = Callable[[], FederatedTask]
 CLIENT_DECLINED = 1  # Error code of a client that raised during its update (the reason names why)
@@ -100,6 +100,12 @@ def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = N
     task, model = _runtime(_resolve(cfg, context), task_factory, fed)
     client_id, client_seed = str(conf["client-id"]), int(conf["client-seed"])
     server_round = int(conf.get("server-round", 0))
+    stage = conf.get(secagg.STAGE)
+    if stage == secagg.MASKED:  # [fed.secagg] phase 2: the update cached in phase 1, quantized and masked
+        try:
+            return secagg.masked_reply(msg, context, fed)
+        except Exception as e:  # noqa: BLE001
+            return Message(Error(code=CLIENT_DECLINED, reason=f"{type(e).__name__}: {e}"[:500]), reply_to=msg)
     # Call the client update; a client that cannot train (no usable data, bad input, NaN) declines
     # with a readable reason that the server records, instead of an opaque runtime exception
     try:
@@ -115,6 +121,8 @@ def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = N
     metrics = MetricRecord({"num-examples": int(update.num_examples),
                             **{k: v if isinstance(v, (int, list)) else float(v)
                                for k, v in update.metrics.items()}})
+    if stage == secagg.SETUP:  # [fed.secagg] phase 1: keep the update on the node, send a key and maxima
+        return secagg.setup_reply(msg, context, update, metrics, client_seed, server_round, fed)
     if fed.transport.compress_upload:  # encode the update (stochastic rounding seeded from the client seed)
         gen = torch.Generator().manual_seed(derive_seed("upload", client_seed))
         enc, meta, _ = transport.encode_arrays({k: v.contiguous() for k, v in update.arrays.items()},
@@ -131,6 +139,8 @@ def handle_query(msg: Message, context: Context, cfg: FederatedConfig | None = N
                  task_factory: TaskFactory | None = None) -> Message:
     """Answer the server's hosts query with the clients this node hosts."""
     action = msg.content["config"]["action"] if "config" in msg.content else ""
+    if action == secagg.RECOVER:  # [fed.secagg]: reveal the pair seeds with the clients lost after setup
+        return secagg.recovery_reply(msg, context)
     if action != HOSTS_QUERY:
         raise ValueError(f"unknown query action {action!r}")
     task, _ = _runtime(_resolve(cfg, context), task_factory)

@@ -12,6 +12,7 @@ dataclasses are the ones the methods use::
     [fed.partial]               partial.PartialConfig     (paper §2.4.2 partial model training)
     [fed.dp]                    DPConfig                  (user-level DP; fedasr.federated.privacy)
     [fed.faults]                faults.FaultConfig        (injected client faults, the server's norm bound)
+    [fed.secagg]                SecAggConfig              (pairwise-masked secure sum; fedasr.federated.secagg)
 
 Keys of the first wave's flat schema (``fed.omc-bits``, ``fed.upload-codec``, ``fed.partial-policy``, ...)
 fail with a message naming their new key (`FedConfig.__renamed__`).
@@ -30,8 +31,8 @@ from fedasr.omc import OMCConfig
 from fedasr.partial import PartialConfig
 from fedasr.refinement import WCAMethod
 
-__all__ = ["DPConfig", "FedConfig", "TaskSpec", "RunSpec", "FederatedConfig", "FEDERATED_TABLES",
-           "config_from_run_config", "fed_to_flat", "fed_from_flat"]
+__all__ = ["FEDERATED_TABLES", "DPConfig", "FedConfig", "FederatedConfig", "RunSpec", "SecAggConfig", "TaskSpec",
+           "config_from_run_config", "fed_from_flat", "fed_to_flat"]
 
 
 @dataclass
@@ -58,6 +59,39 @@ class DPConfig:
             raise ValueError("dp.clip, dp.weight-cap and dp.histogram-scale must be > 0")
         if self.noise_multiplier < 0 or not 0 <= self.delta < 1:
             raise ValueError("dp.noise-multiplier must be >= 0 and dp.delta in [0, 1)")
+
+
+@dataclass
+class SecAggConfig:
+    """Secure aggregation by pairwise additive masking (``[fed.secagg]``; `fedasr.federated.secagg`). Off by default.
+
+    Needs a symmetric, per-tensor ``int8_sr`` or ``int4_sr`` upload (``fed.transport.upload``): clients send their
+    codes on a common grid, masked modulo ``2^modulus-bits``; the server learns only the cohort's sum.
+    """
+
+    enabled: bool = False
+    key_source: Literal["urandom", "derived"] = "urandom"  # X25519 keys from os.urandom, or from (seed, round,
+    #   client): "derived" keys are NOT secret (anyone can recompute them), for debugging only; results are the same
+    modulus_bits: int = 0  # 8, 16 or 32; 0 = the smallest that holds clients-per-round x the largest code
+    min_cohort: int = 2  # fewer clients in the sum → round skipped: a "sum" of one client is that client's update
+    recovery: bool = True  # a client lost after setup: survivors reveal their pair seeds with it; False = skip round
+    masking: bool = True  # False: the same protocol and codes sent UNMASKED (a control for tests and experiments)
+
+    def __post_init__(self) -> None:
+        if self.modulus_bits not in (0, 8, 16, 32) or self.min_cohort < 2:
+            raise ValueError("secagg.modulus-bits must be 0 (auto), 8, 16 or 32 and secagg.min-cohort >= 2")
+
+    def modulus(self, code_bits: int, cohort: int) -> int:
+        """Bits m of the modulus 2^m: the sum of ``cohort`` shifted codes (each <= 2^code_bits - 2) must fit."""
+        top = cohort * ((1 << code_bits) - 2)
+        if self.modulus_bits:
+            if top >= 1 << self.modulus_bits:
+                raise ValueError(f"secagg.modulus-bits = {self.modulus_bits} cannot hold the sum of {cohort} "
+                                 f"{code_bits}-bit codes (up to {top}): use more bits or 0 (auto)")
+            return self.modulus_bits
+        if top >= 1 << 32:
+            raise ValueError(f"secagg: a cohort of {cohort} is too large for a 32-bit modulus")
+        return next(m for m in (8, 16, 32) if top < 1 << m)
 
 
 @dataclass
@@ -130,6 +164,8 @@ class FedConfig:
     dp: DPConfig = field(default_factory=DPConfig)
     # Client faults on purpose (fedasr.federated.faults; off by default) and the server's bound on update norms.
     faults: FaultConfig = field(default_factory=FaultConfig)
+    # Secure aggregation (fedasr.federated.secagg): the server sees only the masked sum of the clients' codes.
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def __post_init__(self) -> None:
         if self.num_rounds < 0 or self.clients_per_round < 1 or self.min_successful_clients < 1:
@@ -150,6 +186,24 @@ class FedConfig:
         if self.dp.enabled and self.dp.weighting == "capped" and self.weighting in ("frequency", "frequency-common"):
             raise ValueError(f"dp.weighting 'capped' needs a client weight computed from the client's own upload; "
                              f"weighting {self.weighting!r} depends on the other clients of the round (use 'uniform')")
+        if self.secagg.enabled:
+            self._check_secagg()
+
+    def _check_secagg(self) -> None:
+        """Reject what pairwise masking cannot do here, naming the key to change."""
+        up = self.transport.upload
+        if up.name not in ("int8_sr", "int4_sr") or not up.symmetric or up.per_channel or up.fp32_vectors \
+                or up.lossless != "none":
+            raise ValueError("secagg masks integer codes on a common grid: transport.upload must be "
+                             "{ name = 'int8_sr' or 'int4_sr', symmetric = true, per-channel = false, "
+                             f"fp32-vectors = false, lossless = 'none' }}, got {up}")
+        if self.partial_updates:
+            raise ValueError("secagg sums one vector over the cohort: partial training / allow-partial-updates "
+                             "(clients sending different variables) is not supported with secagg")
+        if self.dp.enabled:
+            raise ValueError("dp.enabled re-clips each decoded update on the server, which secagg hides; "
+                             "DP with secagg is not supported yet")
+        self.secagg.modulus(8 if up.name == "int8_sr" else 4, self.clients_per_round)
 
     @property
     def partial_updates(self) -> bool:

@@ -26,6 +26,10 @@ the server keeps fp32 weights. Mixed FL (``fed.central-mix``): after aggregating
 update on its own proxy data (``central_update``, `client_update.central_update`):
 ``(1 − α)·Ḡ + α·G_server``; if that fails the clients' aggregate is applied alone and the reason recorded.
 
+Secure aggregation (``fed.secagg``; `secagg`): each round's TRAIN exchange is preceded by a setup exchange (the
+clients' keys, maxima and weight metrics) and followed, on dropouts, by a recovery exchange; the server then sees
+only the masked sum of the clients' codes (`secagg.SecAggServer`), never an individual update.
+
 Faults: an error reply (the ClientApp raised), a missing reply (timeout), or an update that
 `aggregation.validate_update` rejects (NaN/Inf, wrong shape or dtype, unknown or missing variable), or a norm
 beyond ``fed.faults.max-norm-ratio`` x the round's median (`aggregation.norm_outliers`), excludes that client
@@ -56,7 +60,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
 from fedasr import refinement
-from fedasr.federated import privacy, transport
+from fedasr.federated import privacy, secagg, transport
 from fedasr.federated.aggregation import (
     ServerOptimizer,
     aggregate,
@@ -69,7 +73,7 @@ from fedasr.federated.config import FedConfig, fed_to_flat
 from fedasr.federated.transport import DOWNLOAD_META, TRANSPORT, UPLOAD_META
 from fedasr.seeding import derive_seed, sample_clients
 
-__all__ = ["FedAsrStrategy", "FedSGD", "FedAvgServerLR", "build_strategy", "HOSTS_QUERY", "ANY_CLIENT"]
+__all__ = ["ANY_CLIENT", "HOSTS_QUERY", "FedAsrStrategy", "FedAvgServerLR", "FedSGD", "build_strategy"]
 
 HOSTS_QUERY = "hosts"  # QUERY action asking a node which clients it hosts
 ANY_CLIENT = "*"  # a node's answer meaning "I can train any client"
@@ -106,6 +110,8 @@ class FedAsrStrategy(FedAvg):
         self.server_opt = ServerOptimizer(weights, self.trainable, fed)
         # user-level DP (fed.dp): re-clip, bounded weights, fixed denominator, noise, accountant
         self.dp = privacy.DPAggregator(fed, len(self.client_ids), self.reference_shapes) if fed.dp.enabled else None
+        # secure aggregation (fed.secagg): the server sees only the masked sum of the cohort's codes
+        self.secagg = secagg.SecAggServer(fed, self.reference_shapes) if fed.secagg.enabled else None
         self.hosts: dict[str, int] | None = None  # client → node, after `discover_hosts` (partitioned)
         self.record: dict[str, Any] = {}  # the current round's record (rounds.jsonl row)
         self._sent: list[tuple[Message, str]] = []
@@ -169,11 +175,16 @@ class FedAsrStrategy(FedAvg):
         self.record.update(round=server_round, sampled=sampled, num_sampled=len(sampled),
                            bytes_down=len(sampled) * down_bytes)
         log(INFO, "configure_train: round %d, %d clients on %d nodes", server_round, len(sampled), len(nodes))
+        if self.secagg is not None:  # the setup exchange runs now; what is returned are the masked-upload requests
+            self._sent = self.secagg.setup(self, grid, server_round)
         return [m for m, _ in self._sent]
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate the replies, aggregate the usable updates and take one server optimizer step."""
+        if self.secagg is not None:  # the masked sum (+ recovery) gives the weighted mean directly
+            agg, updates = self.secagg.aggregate(self, server_round, replies)
+            return (None, None) if agg is None else self._apply(server_round, agg, updates)
         # Match replies to the clients they answer (message ids are set when the grid pushes)
         by_msg_id = {m.metadata.message_id: cid for m, cid in self._sent}
         updates, failed, bytes_up, compute_s = [], {}, 0, {}
@@ -217,6 +228,11 @@ class FedAsrStrategy(FedAvg):
             weights = self.round_weights(updates)
             self.record["weights"] = {u.client_id: w for u, w in zip(updates, weights)}
             agg = aggregate(updates, weights)
+        return self._apply(server_round, agg, updates)
+
+    def _apply(self, server_round: int, agg: dict[str, torch.Tensor],
+               updates: Sequence[Update]) -> tuple[ArrayRecord, MetricRecord]:
+        """Mix in the central update (Mixed FL), take the server step and record the round's loss."""
         if self.fed.central_mix > 0:  # Mixed FL: the server's own proxy-data update joins the step
             agg = self._mix_central(server_round, agg)
         self.server_step(agg)
@@ -354,7 +370,7 @@ class FedAsrStrategy(FedAvg):
                 nbytes = transport.payload_bytes(record)
                 arrays = {k: torch.from_numpy(v.numpy()) for k, v in record.items()}
             update = Update(arrays, int(metrics.pop("num-examples")), metrics, cid, self.update_kind)
-        except Exception as e:  # a malformed reply must not end the round
+        except Exception as e:  # noqa: BLE001 — a malformed reply must not end the round
             return None, f"malformed-reply: {type(e).__name__}: {e}"[:300], 0
         required = None if self.fed.partial_updates else self.trainable
         reason = validate_update(update, self.reference_shapes, required)
