@@ -95,11 +95,20 @@ def section(root: str | Path, report_dir: str | Path) -> list[str]:
         plan = rel / "parts" / "dp_plan.json"
         out += _dp(s["dp"], json.loads(plan.read_text()) if plan.exists() else None, rel, report_dir)
     if g := s.get("secagg"):
-        out += ["", f"**Secure aggregation** (pairwise masking, `fedasr.federated.secagg`): available "
-                f"{'yes' if g['available'] else 'no'}; upload bytes with masking ÷ without: "
-                f"{_num(g['bytes_ratio'], '{:.2f}')}" + "".join(
-                    f"; user WER {k.removeprefix('wer_user_')} {_pct(v)}" for k, v in sorted(g.items())
-                    if k.startswith("wer_user_") and isinstance(v, (int, float))) + "."]
+        out += ["", f"**Secure aggregation** (`fedasr.federated.secagg`: {g.get('method', 'pairwise masking')}): "
+                f"available {'yes' if g['available'] else 'no'}; upload bytes with masking ÷ the same codec without: "
+                f"{_num(g['bytes_ratio'], '{:.2f}')}; final weights bitwise equal to the unmasked control on the same "
+                f"grid: {'yes' if g.get('masked_equals_unmasked_bitwise') else 'no'}; {len(g.get('seeds', []))} seed(s), "
+                "so no quality difference is claimed."]
+        pairs = g.get("pairs") or []
+        if pairs:
+            out += ["", "| upload codec | bytes masked ÷ plain | user WER plain | user WER masked |", "|---|---|---|---|"]
+            out += [f"| {q['plain']} | {_num(q['bytes_ratio'], '{:.3f}')} | {_pct(q['wer_user'].get(q['plain']))} | "
+                    f"{_pct(q['wer_user'].get(q['secagg']))} |" for q in pairs]
+        claims = g.get("claims") or {}
+        if claims:
+            out += ["", f"What is claimed: {claims.get('claimed', 'n/a')}. Not claimed: "
+                    + "; ".join(claims.get("not_claimed", [])) + "."]
     if p := s.get("privacy"):
         out += ["", f"**What leaves a device**: {p['messages_checked']} ClientApp replies inspected "
                 f"({', '.join(p.get('variants', []))}); violations (audio, transcripts or per-utterance values): "

@@ -21,12 +21,16 @@ def test_section_renders_the_parts_that_ran_and_names_the_target_of_the_rest(tmp
                             "faulty_fraction_realized": 0.29, "clean_clients_failed": 0, "honest_excluded": 1}
                            for k in range(3)]}
     _summary(tmp_path, faults=faults, resume={"killed_at_round": 3, "bitwise_equal": True},
-             secagg={"available": True, "bytes_ratio": 2.01, "wer_user_masked": 0.571})
+             secagg={"available": True, "bytes_ratio": 2.01, "seeds": [0], "masked_equals_unmasked_bitwise": True,
+                     "pairs": [{"plain": "int8_sr", "secagg": "int8_sr_secagg", "bytes_ratio": 2.01,
+                                "wer_user": {"int8_sr": 0.562, "int8_sr_secagg": 0.571}}],
+                     "claims": {"claimed": "only the sum", "not_claimed": ["a malicious server"]}})
     text = "\n".join(report_reliability.section(tmp_path, tmp_path))
     assert "56.1% fault-free and 57.8% with faults" in text and "(from 67.9% at round 0)" in text
     assert "95% CI over seeds 1.0% to 5.0%" in text and "3 seed(s)" in text and text.count("| 58.0% |") == 3
     assert "after round 3" in text and "bitwise equal to an uninterrupted run: yes" in text
-    assert "masking ÷ without: 2.01" in text and "user WER masked 57.1%" in text
+    assert "the same codec without: 2.01" in text and "| int8_sr | 2.010 | 56.2% | 57.1% |" in text
+    assert "Not claimed: a malicious server." in text and "1 seed(s)" in text
     for name in ("fuzz", "deployment", "dp", "privacy"):
         assert f"- not run: {name} (`{report_reliability.MAKE[name]}`)" in text
     assert "not run: faults" not in text
