@@ -14,7 +14,7 @@ from typing import Any
 
 from fedasr.tables import _pct, _where
 
-__all__ = ["section"]
+__all__ = ["figures", "section"]
 
 MAKE = {"faults": "make reliability", "resume": "make reliability", "fuzz": "make reliability",
         "deployment": "make deployment-demo", "dp": "make dp-quick", "secagg": "make secagg",
@@ -66,6 +66,14 @@ def _dp(rows: list[dict], plan: dict | None, rel: Path, report_dir: Path) -> lis
                 f"δ = {a['delta']:g}), a cohort of {p['cohort']:,} clients with noise multiplier "
                 f"{p['noise_multiplier']:.3f} gives ε = {p['epsilon']:.2f} (`{_where(rel / 'parts' / 'dp_plan.json')}`)."]
     return out + _fig(rel / "parts" / "dp.png", "User WER against ε at the quick profile", report_dir)
+
+
+def figures(root: str | Path) -> list[tuple[str, Path]]:
+    """``(caption, path)`` of the reliability figures that exist under ``<root>/reliability``."""
+    rel = Path(root) / "reliability"
+    known = [("User WER against round with and without 30% faulty clients", rel / "faults_wer.png"),
+             ("User WER against ε at the quick profile", rel / "parts" / "dp.png")]
+    return [(cap, path) for cap, path in known if path.exists()]
 
 
 def section(root: str | Path, report_dir: str | Path) -> list[str]:

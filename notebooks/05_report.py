@@ -78,3 +78,16 @@ display(Markdown("\n".join(report.checks_markdown(claims))))
 # %%
 for _, caption, png in report.figures(nb.results):
     display(Markdown(f"**{caption}** (`{png.name}`)"), Image(filename=str(png)))
+
+# %% [markdown]
+# ## Privacy, security and reliability
+# Client faults, a server killed mid-run, fuzzing, the secure deployment, differential privacy, secure
+# aggregation and what leaves a device (`results/reliability/summary.json`, `make reliability` and the targets
+# it names), as in the report.
+
+# %%
+from fedasr import report_reliability
+
+display(Markdown("\n".join(ln for ln in report_reliability.section(nb.results, path.parent) if not ln.startswith("!["))))
+for caption, png in report_reliability.figures(nb.results):
+    display(Markdown(f"**{caption}** (`{png.name}`)"), Image(filename=str(png)))
