@@ -19,7 +19,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
 .PHONY: help setup system-deps data summary seed seed-full efficiency efficiency-quality smoke deployment-demo \
-        federated reliability filter-calibration secagg privacy-audit dp-quick import-librispeech import-commonvoice quality quality-seeds quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
+        federated reliability filter-calibration secagg privacy-audit dp-quick import-librispeech import-commonvoice import-configs quality quality-seeds quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
         compare test test-all test-gpu clean-data
 
 help:  ## list targets
@@ -37,13 +37,20 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 	@echo "setup: $(VENV) ready ($$($(PY) -c 'import torch, flwr; print("torch", torch.__version__, "flwr", flwr.__version__)'))"
 
-data: setup  ## generate the speech corpus (PROFILE=tiny|quick|full); skipped when complete and up to date
-	$(PY) -m fedasr.corpus --profile $(PROFILE) --out data/$(PROFILE) --seed $(SEED) --if-stale
+data: setup  ## generate the speech corpus (PROFILE=tiny|quick|full); skipped when up to date or imported (data/<name>)
+	@if $(PY) -c 'import sys; from fedasr.data import is_synthetic; sys.exit(is_synthetic(sys.argv[1]))' data/$(PROFILE); then \
+	  echo "data: data/$(PROFILE) is an imported corpus (its corpus.json names a source): nothing to generate"; \
+	elif [ -z "$(filter tiny quick full,$(PROFILE))" ]; then \
+	  echo "data: no corpus at data/$(PROFILE); PROFILE=tiny|quick|full generates one, real speech is imported first:" \
+	       "make import-librispeech SRC=... OUT=data/$(PROFILE), then make import-configs PROFILE=$(PROFILE)" >&2; exit 2; \
+	else $(PY) -m fedasr.corpus --profile $(PROFILE) --out data/$(PROFILE) --seed $(SEED) --if-stale; fi
 
 summary: data  ## corpus summary → results/data/<profile>_summary.json
 	$(PY) -m fedasr.data summary data/$(PROFILE) --out results/data/$(PROFILE)_summary.json
 
 seed: data  ## seed model (central pretraining on proxy data); retrained only if config/corpus changed
+	@test -f configs/seed/$(PROFILE).toml || { echo "seed: no configs/seed/$(PROFILE).toml (an imported corpus:" \
+	  "make import-configs PROFILE=$(PROFILE))" >&2; exit 2; }
 	$(PY) -m fedasr.train --config configs/seed/$(PROFILE).toml --out $(SEED_DIR) --if-stale
 
 seed-full: ## the full profile's seed model (60 CPU-minutes) → results/seed-full/
@@ -75,6 +82,10 @@ import-librispeech: setup  ## import a LibriSpeech tree: make import-librispeech
 
 import-commonvoice: setup  ## import a Common Voice language folder: make import-commonvoice SRC=.../en OUT=data/cv-en
 	$(PY) -m fedasr.importers commonvoice $(SRC) --out $(or $(OUT),data/commonvoice) $(ARGS)
+
+LIKE ?= quick
+import-configs: setup  ## configs/{seed,federated,quality}/$(PROFILE).toml for data/$(PROFILE), from LIKE's (quick|tiny)
+	$(PY) -m fedasr.importers configs --corpus data/$(PROFILE) --profile $(PROFILE) --like $(LIKE) $(ARGS)
 
 reliability: seed  ## client faults (quick ASR), SIGKILL + resume, fuzz → results/reliability/{parts/*.json,summary.json}
 	$(PY) -m fedasr.reliability faults     # configs/reliability/faults.toml: clean + 30%-faulty FedSGD, 20 rounds, seeds 0 1 2

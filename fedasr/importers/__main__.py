@@ -1,4 +1,5 @@
-"""Command line: ``python -m fedasr.importers {librispeech,commonvoice,manifest} SRC --out DIR [options]``.
+"""Command line: ``python -m fedasr.importers {librispeech,commonvoice,manifest} SRC --out DIR [options]``, and
+``python -m fedasr.importers configs --corpus DIR [--profile NAME] [--like quick]`` (`fedasr.importers.configs`).
 
 Every `ImportConfig` field is a flag (``--proxy-fraction 0.3``; the help repeats each default), and
 ``--config FILE.toml`` loads them from a file first (`fedasr.config.load`: unknown keys fail).
@@ -11,11 +12,12 @@ import dataclasses
 import json
 import os
 import typing
-from typing import Sequence
+from collections.abc import Sequence
 
 from fedasr import config as config_lib
 from fedasr.importers.common import ImportConfig, SourceError
 from fedasr.importers.commonvoice import import_commonvoice
+from fedasr.importers.configs import write_configs
 from fedasr.importers.librispeech import import_librispeech
 from fedasr.importers.manifest import import_manifest
 from fedasr.importers.roles import POOLS
@@ -56,13 +58,38 @@ def build_parser() -> argparse.ArgumentParser:
     mf.add_argument("src", help="the manifest file")
     for p in (ls, cv, mf):
         _add_common(p)
+    cf = sub.add_parser("configs", allow_abbrev=False,
+                        help="seed, federated and quality configs for an imported corpus, from a profile's")
+    cf.add_argument("--corpus", required=True, help="the imported corpus folder (e.g. data/librispeech)")
+    cf.add_argument("--profile", help="name of the configs and results folders (Default: the corpus folder's name)")
+    cf.add_argument("--like", default="quick", help="profile whose configs are copied (Default: quick)")
+    cf.add_argument("--out", default="configs", help="writes OUT/{seed,federated,quality}/PROFILE.toml "
+                                                     "(Default: configs)")
+    cf.add_argument("--from", default="configs", dest="source",
+                    help="folder holding {seed,federated,quality}/LIKE.toml (Default: configs)")
+    cf.add_argument("--results-root", default="results", help="results folder the configs name (Default: results)")
+    cf.add_argument("--overwrite", action="store_true", help="replace existing configs of PROFILE (Default: fail)")
     return ap
 
 
+def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """Write an imported corpus' configs (`write_configs`); print and return ``{kind: path}``."""
+    try:
+        paths = write_configs(args.corpus, args.profile, args.like, args.out, args.source, args.results_root,
+                              args.overwrite)
+    except SourceError as e:
+        ap.exit(2, f"python -m fedasr.importers configs: error: {e}\n")
+    out = {kind: str(p) for kind, p in paths.items()}
+    print(json.dumps(out, indent=1))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Run one import; print and return its ``corpus.json`` summary (splits, clients, skips)."""
+    """Run one import (print and return its ``corpus.json`` summary: splits, clients, skips) or write configs."""
     ap = build_parser()
     args = ap.parse_args(argv)
+    if args.kind == "configs":
+        return _configs(ap, args)
     flags = {k[4:].replace("_", "-"): v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     try:
         cfg = config_lib.load(ImportConfig, args.config, flags)
