@@ -19,7 +19,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
 .PHONY: help setup system-deps data summary seed seed-full efficiency efficiency-quality smoke deployment-demo \
-        federated reliability filter-calibration secagg privacy-audit dp-quick import-librispeech import-commonvoice import-configs quality quality-seeds quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
+        federated reliability filter-calibration secagg ledger privacy-audit dp-quick import-librispeech import-commonvoice import-configs quality quality-seeds quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
         compare test test-all test-gpu clean-data
 
 help:  ## list targets
@@ -92,6 +92,10 @@ reliability: seed  ## client faults (quick ASR), SIGKILL + resume, fuzz → resu
 	$(PY) -m fedasr.reliability resume     # toy task: server SIGKILLed mid-run, resumed, final weights compared bitwise
 	$(PY) -m fedasr.fuzz                   # malformed inputs at every entry point
 	$(PY) -m fedasr.reliability assemble   # merges every parts/*.json (deployment, dp, secagg, privacy too) → summary.json
+
+ledger: seed  ## client-round ledger (peak RSS, bytes, compute, tier, budget) of the P2 stack's quick run → results/efficiency/ledger.json, results/figures/ledger.png
+	$(PY) -c "from fedasr import config, experiments; experiments.run_federated_experiment(config.load(experiments.FederatedExperiment, 'configs/efficiency/ledger.toml'))"
+	$(PY) -m fedasr.ledger results/efficiency-ledger/omc4pc_int4sr_up --out results/efficiency/ledger.json --figure results/figures/ledger.png
 
 secagg: seed  ## secure aggregation (pairwise masking) vs the same int8/int4 uploads unmasked, quick profile → results/reliability/parts/secagg.json
 	$(PY) -m fedasr.federated.secagg_experiment --config configs/reliability/secagg.toml --out results/reliability/parts/secagg.json

@@ -3,7 +3,7 @@
 A TRAIN reply (`client_app.handle_train`) holds the ``"arrays"`` ArrayRecord (the gradient or delta of the model
 variables, or their ``/data``, ``/scale``, ``/offset`` codes when the upload is encoded), a ``"metrics"``
 MetricRecord of aggregates (`METRIC_KEYS`: example count, mean loss, compute time, steps, partial training's
-sizes, the DP clipping bit, and the WCA statistics: counts and the fixed-size hashed histogram of corrected
+sizes, the DP clipping bit, the process's resident memory (`fedasr.ledger`), and the WCA statistics: counts and the fixed-size hashed histogram of corrected
 words, `fedasr.refinement.ClientStats`), and with an encoded upload a ``"transport"`` ConfigRecord describing
 the codec. "Aggregate" means a sum or mean over all of the client's utterances whose size does not depend on
 how many it has. What the WCA histogram still reveals is discussed in `fedasr.federated.privacy`.
@@ -23,14 +23,18 @@ from fedasr import compression
 
 __all__ = ["METRIC_KEYS", "audit_reply"]
 
-# The reply's metric keys (all scalar but "wca-hist"): client_update, partial training, DP, WCA (refinement)
+# The reply's metric keys (all scalar but "wca-hist"): client_update, partial training, DP, WCA (refinement), and
+# the ledger's measurement of the client process (fedasr.ledger: resident memory, a device fact, no user data)
 METRIC_KEYS = frozenset({"num-examples", "loss", "compute-s", "steps", "trained-params", "budget-bytes",
-                         "estimate-bytes", "dp-clipped", "wca-utterances", "wca-corrections", "wca-kept", "wca-hist"})
+                         "estimate-bytes", "dp-clipped", "wca-utterances", "wca-corrections", "wca-kept", "wca-hist",
+                         "peak-rss-bytes", "start-rss-bytes", "hwm-reset"})
 _CODEC_PARTS = ("data", "scale", "offset")
 _DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "uint8", "int8", "int16", "int32", "int64"})
-# words of fedasr's own messages when a client declines (refinement.ClientDeclined, asr_task): not client text
+# words of fedasr's own messages when a client declines (refinement.ClientDeclined, asr_task, ledger.OverBudget):
+# not client text
 _REASON_WORDS = frozenset("client declines round usable labelled utterances skipped filtered corrections "
-                          "uncorrected clientdeclined valueerror".split())
+                          "uncorrected clientdeclined valueerror overbudget analytic peak bytes exceeds tier's "
+                          "tier budget high flagship custom".split())
 _META_KEYS = frozenset({"codec", "shape", "dtype", "bits", "data_dtype", "zipped", "packed_dtype", "packed_numel"})
 
 

@@ -1,4 +1,8 @@
-"""fedasr ClientApp: unpack a Flower message, run `client_update.client_update`, pack the reply."""
+"""fedasr ClientApp: unpack a Flower message, run `client_update.client_update`, pack the reply.
+
+Each TRAIN reply also carries the round's ledger metrics (`fedasr.ledger`): the process's peak resident memory
+during the round, the resident set when it began, and whether the kernel reset the high-water mark.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from fedasr import omc
+from fedasr import ledger, omc
 from fedasr.federated import faults, privacy, secagg, transport
 from fedasr.federated.client_update import client_update
 from fedasr.federated.config import (
@@ -30,12 +34,12 @@ from fedasr.federated.config import (
 from fedasr.federated.strategies import ANY_CLIENT, HOSTS_QUERY
 from fedasr.federated.task import FederatedTask, make_task
 from fedasr.federated.transport import DOWNLOAD_META, TRANSPORT, UPLOAD_META
+from fedasr.ledger import CLIENT_DECLINED
 from fedasr.seeding import derive_seed
 
-__all__ = ["app", "hosted_clients", "make_client_app"]
+__all__ = ["CLIENT_DECLINED", "app", "hosted_clients", "make_client_app"]
 
 TaskFactory = Callable[[], FederatedTask]
-CLIENT_DECLINED = 1  # Error code of a client that raised during its update (the reason names why)
 
 # One task and one model per process (a Ray actor or a SuperNode's ClientApp process serves many
 # clients): building the model once matters for the 130M-parameter ASR model.
@@ -92,8 +96,15 @@ def hosted_clients(task: FederatedTask, node_config: dict) -> list[str] | str:
 
 def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = None,
                  task_factory: TaskFactory | None = None) -> Message:
-    """Compute one client's update (FedSGD gradient or FedAvg delta) for a TRAIN message."""
+    """Compute one client's update (FedSGD gradient or FedAvg delta) for a TRAIN message.
+
+    The reply's ``peak-rss-bytes`` is this process's VmHWM from the start of this call to the built reply
+    (`fedasr.ledger`: the resident model, the libraries and the round's transient memory; ``start-rss-bytes`` is
+    the resident set at the start). With ``fed.ledger.enforce-budget`` a client whose analytic peak exceeds its
+    device tier's memory budget declines before training, naming both numbers.
+    """
     torch.set_num_threads(1)  # one thread per client: 2 clients on 2 cores (DESIGN §6)
+    meter = ledger.start_round()  # reset the process's VmHWM: the reply reports this round's peak
     # Load the task, the model and the instructions
     conf = msg.content["config"]
     fed = fed_from_flat(conf)
@@ -110,6 +121,8 @@ def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = N
     # with a readable reason that the server records, instead of an opaque runtime exception
     try:
         global_state = _global_state(msg, conf, fed, model)
+        if fed.ledger.enforce_budget:  # [fed.ledger]: decline (OverBudget) when the analytic peak exceeds the budget
+            ledger.check_budget(task, model, client_id, fed, server_round)
         # [fed.faults]: a fault drawn from (seed, round, client) crashes, delays or corrupts what is sent, on purpose
         fault = faults.draw_fault(fed.faults, fed.seed, server_round, client_id)
         update = faults.run_with_fault(fault, fed.faults, fed.round_timeout_s, client_id, lambda: (
@@ -122,16 +135,19 @@ def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = N
                             **{k: v if isinstance(v, (int, list)) else float(v)
                                for k, v in update.metrics.items()}})
     if stage == secagg.SETUP:  # [fed.secagg] phase 1: keep the update on the node, send a key and maxima
+        metrics.update(ledger.round_metrics(meter))
         return secagg.setup_reply(msg, context, update, metrics, client_seed, server_round, fed)
     if fed.transport.compress_upload:  # encode the update (stochastic rounding seeded from the client seed)
         gen = torch.Generator().manual_seed(derive_seed("upload", client_seed))
         enc, meta, _ = transport.encode_arrays({k: v.contiguous() for k, v in update.arrays.items()},
                                                fed.transport.upload, gen)
-        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in enc.items()}), "metrics": metrics,
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in enc.items()}),
                               TRANSPORT: ConfigRecord({UPLOAD_META: meta})})
     else:
-        content = RecordDict({"arrays": ArrayRecord({k: v.contiguous() for k, v in update.arrays.items()}),
-                              "metrics": metrics})
+        content = RecordDict({"arrays": ArrayRecord({k: v.contiguous() for k, v in update.arrays.items()})})
+    # the round's peak is read once the reply's arrays exist (the encoded upload is part of the round)
+    metrics.update(ledger.round_metrics(meter))
+    content["metrics"] = metrics
     return Message(content, reply_to=msg)
 
 

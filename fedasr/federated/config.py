@@ -13,6 +13,7 @@ dataclasses are the ones the methods use::
     [fed.dp]                    DPConfig                  (user-level DP; fedasr.federated.privacy)
     [fed.faults]                faults.FaultConfig        (injected client faults, the server's norm bound)
     [fed.secagg]                SecAggConfig              (pairwise-masked secure sum; fedasr.federated.secagg)
+    [fed.ledger]                LedgerConfig              (the ledger of client rounds; fedasr.ledger)
 
 Keys of the first wave's flat schema (``fed.omc-bits``, ``fed.upload-codec``, ``fed.partial-policy``, ...)
 fail with a message naming their new key (`FedConfig.__renamed__`).
@@ -31,7 +32,8 @@ from fedasr.omc import OMCConfig
 from fedasr.partial import PartialConfig
 from fedasr.refinement import WCAMethod
 
-__all__ = ["FEDERATED_TABLES", "DPConfig", "FedConfig", "FederatedConfig", "RunSpec", "SecAggConfig", "TaskSpec",
+__all__ = ["FEDERATED_TABLES", "DPConfig", "FedConfig", "FederatedConfig", "LedgerConfig", "RunSpec", "SecAggConfig",
+           "TaskSpec",
            "config_from_run_config", "fed_from_flat", "fed_to_flat"]
 
 
@@ -92,6 +94,18 @@ class SecAggConfig:
         if top >= 1 << 32:
             raise ValueError(f"secagg: a cohort of {cohort} is too large for a 32-bit modulus")
         return next(m for m in (8, 16, 32) if top < 1 << m)
+
+
+@dataclass
+class LedgerConfig:
+    """The ledger of client rounds (``[fed.ledger]``; `fedasr.ledger`): measured always, enforced on request.
+
+    Every client round reports its process's peak RSS and the server records tier, budget, bytes and time per
+    client (``rounds.jsonl`` ``ledger``). With ``enforce-budget`` a client whose analytic peak
+    (`fedasr.memory.estimate` over its round shape) exceeds its device tier's budget declines before training.
+    """
+
+    enforce_budget: bool = False  # False: every client trains, as without the ledger (same weights and metrics)
 
 
 @dataclass
@@ -166,6 +180,8 @@ class FedConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     # Secure aggregation (fedasr.federated.secagg): the server sees only the masked sum of the clients' codes.
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    # The ledger of client rounds (fedasr.ledger): a client over its tier's memory budget may decline.
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
     def __post_init__(self) -> None:
         if self.num_rounds < 0 or self.clients_per_round < 1 or self.min_successful_clients < 1:

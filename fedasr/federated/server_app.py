@@ -32,7 +32,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 from tqdm import tqdm
 
-from fedasr import omc, results
+from fedasr import ledger, omc, results
 from fedasr.federated import privacy
 from fedasr.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedasr.federated.client_update import Update, central_update, trainable_names
@@ -41,7 +41,7 @@ from fedasr.federated.strategies import build_strategy
 from fedasr.federated.task import FederatedTask, make_task
 from fedasr.seeding import capture_rng_state, restore_rng_state
 
-__all__ = ["make_server_app", "app", "run_server", "checkpoint_path", "summarize_rounds", "initial_evaluation"]
+__all__ = ["app", "checkpoint_path", "initial_evaluation", "make_server_app", "run_server", "summarize_rounds"]
 
 CHECKPOINT = Path("checkpoints") / "server.pt"
 
@@ -102,6 +102,7 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
             with torch_threads(central_threads):  # the clients have finished the round: their cores are free
                 return central_update(task, model, global_weights, fed, server_round)
     strategy = build_strategy(fed, task.client_ids(), weights, trainable_names(model), omc_names, central)
+    strategy.device_of = lambda cid: ledger.device_of(task, cid)  # the ledger's tier and budget of each client
     start_round = 1
     if resume:
         weights.update(ckpt["weights"])

@@ -35,6 +35,9 @@ Faults: an error reply (the ClientApp raised), a missing reply (timeout), or an 
 beyond ``fed.faults.max-norm-ratio`` x the round's median (`aggregation.norm_outliers`), excludes that client
 and is recorded with its reason; with fewer than ``fed.min-successful-clients`` usable updates the round
 is skipped (global weights unchanged) and the reason recorded.
+
+The ledger (`fedasr.ledger`): each round's record holds one ``ledger`` row per sampled client (tier, budget, the
+client process's peak RSS, bytes down and up, compute seconds, status); ``device_of`` gives tier and budget.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
-from fedasr import refinement
+from fedasr import ledger, refinement
 from fedasr.federated import privacy, secagg, transport
 from fedasr.federated.aggregation import (
     ServerOptimizer,
@@ -114,6 +117,8 @@ class FedAsrStrategy(FedAvg):
         self.secagg = secagg.SecAggServer(fed, self.reference_shapes) if fed.secagg.enabled else None
         self.hosts: dict[str, int] | None = None  # client → node, after `discover_hosts` (partitioned)
         self.record: dict[str, Any] = {}  # the current round's record (rounds.jsonl row)
+        self.device_of: Callable[[str], ledger.Device] = lambda cid: (None, None)  # tier, budget (server_app sets it)
+        self._ledger: dict[str, dict] = {}  # what the round's replies told the ledger, per client
         self._sent: list[tuple[Message, str]] = []
 
     # --- hooks for subclasses and later issues ----------------------------------------------------
@@ -184,15 +189,20 @@ class FedAsrStrategy(FedAvg):
         """Validate the replies, aggregate the usable updates and take one server optimizer step."""
         if self.secagg is not None:  # the masked sum (+ recovery) gives the weighted mean directly
             agg, updates = self.secagg.aggregate(self, server_round, replies)
+            stubs = self.secagg.st.get("stubs", {})  # setup metrics; the exchange counts bytes per round, not client
+            self._ledger = {c: {"metrics": stubs[c].metrics if c in stubs else {}, "bytes_up": None}
+                            for c in self.record.get("sampled", [])}
             return (None, None) if agg is None else self._apply(server_round, agg, updates)
         # Match replies to the clients they answer (message ids are set when the grid pushes)
         by_msg_id = {m.metadata.message_id: cid for m, cid in self._sent}
         updates, failed, bytes_up, compute_s = [], {}, 0, {}
+        self._ledger = {}
         for reply in replies:
             cid = by_msg_id.get(reply.metadata.reply_to_message_id)
             if cid is None or cid in failed or any(u.client_id == cid for u in updates):
                 continue  # a late reply to an earlier round's message, or a duplicate (counted once)
             update, reason, nbytes = self._parse_reply(reply, cid)
+            self._ledger[cid] = ledger.reply_info(reply, update, nbytes)
             bytes_up += nbytes
             if update is not None and "compute-s" in update.metrics:
                 compute_s[cid] = update.metrics["compute-s"]
@@ -283,6 +293,7 @@ class FedAsrStrategy(FedAvg):
             replies = grid.send_and_receive(messages, timeout=timeout)
             tb = time.perf_counter()
             agg_arrays, agg_metrics = self.aggregate_train(rnd, replies)
+            self.record["ledger"] = ledger.round_rows(self.record, self._ledger, self.device_of)
             if agg_arrays is not None:
                 arrays = result.arrays = agg_arrays
             if agg_metrics is not None:
