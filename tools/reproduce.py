@@ -27,12 +27,24 @@ sys.path.insert(0, str(ROOT))
 from fedasr.results import write_json  # noqa: E402
 
 
-def notebook_parameters(name: str, size: str, results_root: str) -> dict:
-    """The papermill parameters of notebook ``name``: its teaching table at ``size = "teaching"``."""
+# The notebooks' parameters that name a profile's corpus and configs (committed defaults: the quick profile)
+PROFILE_PARAMETERS = {"00_data": {"corpus": "data/{p}"},
+                      "01_seed_model": {"config_file": "configs/seed/{p}.toml", "run_name": "seed-{p}"},
+                      "02_federated_training": {"config_file": "configs/federated/{p}.toml"},
+                      "04_user_corrections": {"config_file": "configs/quality/{p}.toml"}}
+
+
+def notebook_parameters(name: str, size: str, results_root: str, profile: str = "quick") -> dict:
+    """The papermill parameters of notebook ``name``: its teaching table at ``size = "teaching"``; for another
+    profile than quick (e.g. an imported corpus, `make import-configs`), its corpus and configs where they exist."""
     params = {"results_root": results_root}
     if size == "teaching":
         table = tomllib.loads((ROOT / "notebooks" / "teaching.toml").read_text()).get(name, {})
         params = {**table, **params}
+    elif profile != "quick":
+        wanted = {k: v.format(p=profile) for k, v in PROFILE_PARAMETERS.get(name, {}).items()}
+        if all((ROOT / v).exists() for k, v in wanted.items() if k in ("corpus", "config_file")):
+            params = {**wanted, **params}
     return params
 
 
@@ -67,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce: {name}", flush=True)
         try:
             pm.execute_notebook(f"notebooks/{name}.ipynb", str(out_dir / f"{name}.ipynb"), cwd=str(ROOT),
-                                parameters=notebook_parameters(name, args.size, args.results_root),
+                                parameters=notebook_parameters(name, args.size, args.results_root, args.profile),
                                 progress_bar=False, kernel_manager_class=ipc_kernel_manager())
             status = "ok"
         except Exception as e:  # noqa: BLE001 — record it, keep the results of the others
