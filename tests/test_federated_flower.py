@@ -61,19 +61,23 @@ class InProcessGrid(Grid):
     def pull_messages(self, message_ids):
         return []
 
+    def record(self, m):
+        """What `delivered` keeps of a delivered message."""
+        return m.metadata.dst_node_id, m.metadata.message_type, m.content["config"].get("client-id", "")
+
+    def context(self, node):
+        """The node's Context for one message: a fresh one (subclasses may keep state between messages)."""
+        return Context(run_id=1, node_id=node, node_config=self.node_configs[node], state=RecordDict(), run_config={})
+
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
         self.push_messages(messages)
         replies = []
         for m in messages:
-            node = m.metadata.dst_node_id
-            conf = m.content["config"]
-            self.delivered.append((node, m.metadata.message_type, conf.get("client-id", "")))
-            ctx = Context(run_id=1, node_id=node, node_config=self.node_configs[node], state=RecordDict(),
-                          run_config={})
+            self.delivered.append(self.record(m))
             try:
-                reply = self.app(m, ctx)
-            except Exception as e:  # what Flower does with a ClientApp exception
+                reply = self.app(m, self.context(m.metadata.dst_node_id))
+            except Exception as e:  # noqa: BLE001 — what Flower does with a ClientApp exception
                 reply = Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=m)
             reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             reply = self.tamper(m, reply) if self.tamper else reply

@@ -1,12 +1,10 @@
 """Secure aggregation (``[fed.secagg]``, `fedasr.federated.secagg`): masks cancel, uploads look uniform, the
 federated run equals its unmasked control bitwise, dropouts are recovered, and bad combinations fail clearly."""
 
-import uuid
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, Error, Message, RecordDict
 
 from fedasr import config
 from fedasr.config import ConfigError
@@ -110,26 +108,14 @@ class StatefulGrid(InProcessGrid):
 
     def __init__(self, client_app, tamper=None):
         super().__init__(client_app, node_configs=({}, {}, {}), tamper=tamper)
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config=c, state=RecordDict(), run_config={})
-                         for n, c in self.node_configs.items()}
+        self.contexts = {n: super(StatefulGrid, self).context(n) for n in self.node_configs}
 
-    def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
-        self.push_messages(messages)
-        replies = []
-        for m in messages:
-            conf = m.content["config"]
-            self.delivered.append((m.metadata.dst_node_id, conf.get("server-round"), conf.get("secagg-stage", ""),
-                                   conf.get("client-id", "")))
-            try:
-                reply = self.app(m, self.contexts[m.metadata.dst_node_id])
-            except Exception as e:  # noqa: BLE001 — what Flower does with a ClientApp exception
-                reply = Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=m)
-            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            reply = self.tamper(m, reply) if self.tamper else reply
-            if reply is not None:
-                replies.append(reply)
-        return replies
+    def context(self, node):
+        return self.contexts[node]
+
+    def record(self, m):
+        conf = m.content["config"]
+        return m.metadata.dst_node_id, conf.get("server-round"), conf.get("secagg-stage", ""), conf.get("client-id", "")
 
 
 def _cfg(tmp_path, run_id, **fed):
