@@ -25,7 +25,7 @@ from pathlib import Path
 from fedasr import data as data_lib
 from fedasr import evidence
 
-__all__ = ["METRICS", "MIN_SEEDS", "read_hypotheses", "run_scores", "build"]
+__all__ = ["METRICS", "MIN_SEEDS", "build", "markdown", "read_hypotheses", "run_scores"]
 
 MIN_SEEDS = 3  # a difference is claimed only from at least this many seeds (one run is an anecdote)
 
@@ -121,3 +121,30 @@ def build(runs: Mapping[str, Sequence[str | Path]], corpus: str | Path, seeds: S
             "rows": rows, "comparisons": comparisons,
             "method": "rows: mean over seeds, Student-t 95% interval; comparisons: (b - a) / a of the pooled metric, "
                       f"paired two-level bootstrap over seeds and utterances ({n_boot} replicates, percentile 95%)"}
+
+
+def markdown(root: str | Path, experiments: Sequence[str] = ("quality", "efficiency-quality")) -> list[str]:
+    """Report lines: rows with a mean and a 95% interval over seeds (``evidence.json``), and each comparison with
+    its verdict, where a run carries them (`fedasr.report`)."""
+    from fedasr.tables import _pct, _where
+
+    def rel(v: float) -> str:
+        return f"{100 * v:+.1f}%"
+    out = []
+    for exp in experiments:
+        path = Path(root) / exp / "evidence.json"
+        ev = json.loads(path.read_text()) if path.exists() else {}
+        if not ev.get("rows"):
+            continue
+        cols = [k for k, v in ev["rows"][0].items() if isinstance(v, dict) and "ci95" in v]
+        out += ["", f"**Mean over seeds with 95% confidence intervals** (`{_where(path)}`):",
+                "", "| variant | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+        out += [f"| {row['variant']} | {row.get('n_seeds', '')} | " + " | ".join(
+            f"{_pct(row[k]['mean'])} [{_pct(row[k]['ci95'][0])}, {_pct(row[k]['ci95'][1])}]"
+            if isinstance(row.get(k), dict) else "" for k in cols) + " |" for row in ev["rows"]] + [""]
+        for cmp in ev.get("comparisons", []):
+            (lo, hi), mean = cmp["delta_rel"]["ci95"], cmp["delta_rel"]["mean"]
+            verdict = cmp.get("verdict") or evidence.verdict((lo, hi))
+            out.append(f"- `{cmp['b']}` vs `{cmp['a']}`, {cmp['metric']}: {rel(mean)} (95% CI {rel(lo)} to "
+                       f"{rel(hi)}, {len(ev.get('seeds', []))} seed(s)): {verdict}.")
+    return out

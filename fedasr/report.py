@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedasr import evidence, report_reliability, tables
+from fedasr import evidence, quality_evidence, report_reliability, tables
 from fedasr.results import REPO_ROOT
 from fedasr.tables import _pct, _where
 
@@ -258,25 +258,33 @@ def _ablation(root: Path, experiment: str = "quality") -> tuple[dict[str, dict],
     return {x["variant"]: x for x in _load(root, experiment, "wer.json") or []}, _load(root, experiment)
 
 
-def _evidence(root: Path, metric: str) -> tuple[float, float, float] | None:
-    """``(mean, lo, hi)`` of the headline's relative change against the seed, where evidence.json has seeds."""
+def _comparisons(root: Path) -> dict[tuple[str, str, str], dict]:
+    """evidence.json's paired comparisons by ``(a, b, metric)``, only where at least 3 seeds ran (else none)."""
     ev = _load(root, "quality", "evidence.json") or {}
-    if len(ev.get("seeds", [])) < 3:  # a claim needs at least 3 seeds (one run is an anecdote)
-        return None
+    return {} if len(ev.get("seeds", [])) < 3 else {(c["a"], c["b"], c["metric"]): c for c in ev.get("comparisons", [])}
+
+
+def _evidence(root: Path, metric: str) -> tuple[float, float, float] | None:
+    """``(mean, lo, hi)`` of the headline's relative change against the seed, where evidence.json has ≥ 3 seeds."""
+    ev = _load(root, "quality", "evidence.json") or {}
     head = ev["rows"][-1]["variant"] if ev.get("rows") else None
-    return next(((c["delta_rel"]["mean"], *c["delta_rel"]["ci95"]) for c in ev.get("comparisons", [])
-                 if (c["a"], c["b"], c["metric"]) == ("seed", head, metric)), None)
+    c = _comparisons(root).get(("seed", head, metric))
+    return (c["delta_rel"]["mean"], *c["delta_rel"]["ci95"]) if c else None
 
 
-def _steps(rows: dict[str, dict]) -> list[str]:
-    """Each refinement step against the one it adds to (WCA rows against filtering), user and new-terms WER."""
-    chain = [v for v in ("no_refinement", "selection", "filtering") if v in rows]
-    pairs = list(zip(chain, chain[1:])) + ([(chain[-1], v) for v in rows if v.startswith("wca")] if chain else [])
-    out = [f"`{b}` vs `{a}`: " + ", ".join(f"{label} WER {_pct(rows[a][m])} → {_pct(rows[b][m])} "
-                                           f"({'lower' if rows[b][m] < rows[a][m] else 'not lower'})"
-                                           for m, label in METRICS) + "." for a, b in pairs]
+def _steps(rows: dict[str, dict], cmp: dict[tuple[str, str, str], dict]) -> list[str]:
+    """Each refinement step against the one it adds to (WCA rows against the row before), user and new-terms WER,
+    with the verdict of its paired interval (evidence.json, ≥ 3 seeds) or none."""
+    chain = [v for v in ("no_refinement", "selection", "filtering", "wca_loss", "wca_frequency") if v in rows]
+
+    def verdict(a: str, b: str, m: str) -> str:
+        c = cmp.get((a, b, m))
+        return (f"{c.get('verdict') or evidence.verdict(c['delta_rel']['ci95'])}, 95% CI {_rel(c['delta_rel']['ci95'][0])}"
+                f" to {_rel(c['delta_rel']['ci95'][1])}") if c else "no interval: not claimed"
+    out = [f"`{b}` vs `{a}`: " + ", ".join(f"{label} WER {_pct(rows[a][m])} → {_pct(rows[b][m])} ({verdict(a, b, m)})"
+                                           for m, label in METRICS) + "." for a, b in zip(chain, chain[1:])]
     refined = sorted((x["wer_user"], v) for v, x in rows.items() if v not in ("seed", "central_only", "no_refinement"))
-    return out + [f"Lowest user WER among the refinement rows: `{v}` ({_pct(w)})." for w, v in refined[:1]]
+    return out + [f"Lowest mean user WER among the refinement rows: `{v}` ({_pct(w)})." for w, v in refined[:1]]
 
 
 def _e4(root: Path) -> Claim:
@@ -299,12 +307,13 @@ def _e4(root: Path) -> Claim:
                       f"{_rel(raw['wer_new_terms'])} new-terms WER; full refinement (`{head}`) {_rel(ref['wer_user'])} "
                       f"/ {_rel(ref['wer_new_terms'])} (targets {_bound(t['bounds']['wer_user'])} / "
                       f"{_bound(t['bounds']['wer_new_terms'])}).")
-    c.details = _steps(rows)
+    c.details = _steps(rows, _comparisons(root))
     if not all(t["met"][m] for m, _ in METRICS):
-        k = s.get("corrections", {})
+        k = s.get("corrections") or (_load(root, "quality/seed0") or {}).get("corrections", {})
         model = f", a {seed['params'] / 1e6:.2f}M-parameter {seed['head'].upper()} model" if seed else ""
         c.why.append(f"The scale is small: {k.get('corrected')} corrected utterances on "
-                     f"{k.get('clients_with_corrections')} clients, {rows.get(head, {}).get('rounds')} rounds{model}.")
+                     f"{k.get('clients_with_corrections')} clients{'' if 'corrections' in s else ' (seed 0)'}, "
+                     f"{rows.get(head, {}).get('rounds')} rounds{model}.")
     return c
 
 
@@ -376,27 +385,6 @@ def _figs(figs: list[tuple[str, str, Path]], section: str, report_dir: Path) -> 
             for sec, cap, p in figs if sec == section]
 
 
-def _evidence_tables(root: Path) -> list[str]:
-    """Rows with a mean and a 95% interval over seeds (``evidence.json``), where a run carries them."""
-    out = []
-    for exp in ("quality", "efficiency-quality"):
-        ev = _load(root, exp, "evidence.json") or {}
-        if not ev.get("rows"):
-            continue
-        cols = [k for k, v in ev["rows"][0].items() if isinstance(v, dict) and "ci95" in v]
-        out += ["", f"**Mean over seeds with 95% confidence intervals** (`{_where(root / exp)}/evidence.json`):",
-                "", "| variant | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-        out += [f"| {row['variant']} | {row.get('n_seeds', '')} | " + " | ".join(
-            f"{_pct(row[k]['mean'])} [{_pct(row[k]['ci95'][0])}, {_pct(row[k]['ci95'][1])}]"
-            if isinstance(row.get(k), dict) else "" for k in cols) + " |" for row in ev["rows"]] + [""]
-        for cmp in ev.get("comparisons", []):
-            (lo, hi), mean = cmp["delta_rel"]["ci95"], cmp["delta_rel"]["mean"]
-            verdict = cmp.get("verdict") or evidence.verdict((lo, hi))
-            out.append(f"- `{cmp['b']}` vs `{cmp['a']}`, {cmp['metric']}: {_rel(mean)} (95% CI {_rel(lo)} to "
-                       f"{_rel(hi)}, {len(ev.get('seeds', []))} seed(s)): {verdict}.")
-    return out
-
-
 def _unreproduced(claims: list[Claim]) -> list[str]:
     out = []
     for c in claims:
@@ -426,7 +414,7 @@ def render(results_root: str | Path = "results", report_path: str | Path = "resu
             "", "## Quality from user corrections (E4, E5)",
             *(["", f"Each federated row below is from {max(seeds, 1)} seed(s): fewer than 3, so no difference is "
                    "claimed from it (`make quality-seeds` runs 3)."] if single else []),
-            *tables.quality_table(root), *_evidence_tables(root), *_figs(figs, "quality", report_dir),
+            *tables.quality_table(root), *quality_evidence.markdown(root), *_figs(figs, "quality", report_dir),
             *[line for e in ("quality-mixing", "quality-lr") for line in tables.quality_table(root, e)],
             "", "## Federated training on the seed's own hypotheses (E4)", *tables.federated_table(root),
             *_figs(figs, "federated", report_dir), "", "## Seed model and step cost (E5's starting point)", "",

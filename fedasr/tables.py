@@ -180,23 +180,35 @@ def quality_cost_table(root: str | Path = RESULTS, experiment: str = "efficiency
 
 
 def quality_table(root: str | Path = RESULTS, experiment: str = "quality") -> list[str]:
-    """The user-corrections ablation (``wer.json``) and what the simulated users and the filter did."""
+    """The user-corrections ablation (``wer.json``: means over seeds when several ran) and what the simulated users
+    and the filter did (each seed's ``summary.json``: a range over seeds)."""
     folder, rows, s = _read(root, experiment, "wer.json", "summary.json")
     if not rows:
         return []
+    seeds = (s or {}).get("seeds") or [0]
+    what = (f"mean over {len(seeds)} seeds ({', '.join(map(str, seeds))}: a seed changes the clients sampled, the "
+            "simulated users' corrections and the stochastic rounding); 95% intervals and paired comparisons in "
+            "`results/report.md`" if len(seeds) > 1 else
+            "one seed: fewer than 3, so no difference is claimed from it")
     out = _table(f"**Quality from simulated user corrections** (`{_where(folder / 'wer.json')}`, notebook 04; same "
-                 "seed, rounds, clients per round and simulated users in every row):",
+                 f"seed model, rounds and clients per round in every row; {what}):",
                  ("variant", "rounds", "user WER (unseen users)", "new-terms WER (seen users)", "proxy WER"))
     for r in rows:
         out.append(f"| {r['variant']} | {r['rounds']} | {_pct(r['wer_user'])} | {_pct(r['wer_new_terms'])} | "
                    f"{_pct(r['wer_proxy'])} |")
-    if s:
-        c, f = s["corrections"], s["filter"]
-        out += ["", f"Simulated users corrected {c['corrected']} of {c['utterances']} utterances on "
-                f"{c['clients_with_corrections']} clients; {_pct(c.get('incorrect_rate'))} of corrections were not the "
-                f"reference. On-device filtering removed {_pct(f.get('wrong_removed'))} of wrong corrections and "
-                f"{_pct(f.get('incorrect_removed'))} of all incorrect ones, keeping {_pct(f.get('correct_kept'))} of the "
-                "right ones."]
+    per_seed = [s] if s and "corrections" in s else [
+        _load(folder / f"seed{k}" / "summary.json") for k in seeds] if s else []
+    per_seed = [p for p in per_seed if p and "corrections" in p]
+    if per_seed:
+        def span(get, fmt=_pct) -> str:
+            vals = sorted(get(p) for p in per_seed)
+            return fmt(vals[0]) if vals[0] == vals[-1] else f"{fmt(vals[0])}–{fmt(vals[-1])}"
+        c, f = (lambda k: (lambda p: p["corrections"][k])), (lambda k: (lambda p: p["filter"][k]))
+        out += ["", f"Simulated users corrected {span(c('corrected'), str)} of {span(c('utterances'), str)} utterances "
+                f"on {span(c('clients_with_corrections'), str)} clients; {span(c('incorrect_rate'))} of corrections "
+                f"were not the reference. On-device filtering removed {span(f('wrong_removed'))} of wrong corrections "
+                f"and {span(f('incorrect_removed'))} of all incorrect ones, keeping {span(f('correct_kept'))} of the "
+                "right ones" + (" (range over seeds)." if len(per_seed) > 1 else ".")]
     return out
 
 
