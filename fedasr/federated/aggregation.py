@@ -22,7 +22,7 @@ import torch
 from fedasr.federated.client_update import Update
 from fedasr.federated.config import FedConfig
 
-__all__ = ["validate_update", "norm_outliers", "aggregate", "mix_central", "ServerOptimizer"]
+__all__ = ["validate_update", "norm_outliers", "norm_outliers_of", "aggregate", "mix_central", "ServerOptimizer"]
 
 
 def validate_update(
@@ -70,14 +70,18 @@ def norm_outliers(updates: Sequence[Update], max_ratio: float) -> dict[str, str]
     is absurd), updates over different variables (partial training: norms are not comparable) or a zero median.
     Reason: ``norm-outlier:<norm / median>x``. Not a defence against a crafted (Byzantine) update within the bound.
     """
-    if max_ratio <= 0 or len(updates) < 3 or len({frozenset(u.arrays) for u in updates}) > 1:
+    if len({frozenset(u.arrays) for u in updates}) > 1:
         return {}
-    norms = [math.sqrt(sum(float(torch.linalg.vector_norm(torch.as_tensor(a).float())) ** 2
-                           for a in u.arrays.values())) for u in updates]
-    median = statistics.median_low(norms)
-    if not median > 0:
+    return norm_outliers_of({u.client_id: math.sqrt(sum(float(torch.linalg.vector_norm(torch.as_tensor(a).float())) ** 2
+                                                        for a in u.arrays.values())) for u in updates}, max_ratio)
+
+
+def norm_outliers_of(norms: Mapping[str, float], max_ratio: float) -> dict[str, str]:
+    """`norm_outliers`' rule on given norms ``{client_id: L2 norm}`` (secure aggregation: the norms the clients
+    reported, since the server never sees their updates)."""
+    if max_ratio <= 0 or len(norms) < 3 or not (median := statistics.median_low(norms.values())) > 0:
         return {}
-    return {u.client_id: f"norm-outlier:{n / median:.3g}x" for u, n in zip(updates, norms) if not n <= max_ratio * median}
+    return {c: f"norm-outlier:{n / median:.3g}x" for c, n in norms.items() if not n <= max_ratio * median}
 
 
 def aggregate(updates: Sequence[Update], weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:

@@ -52,7 +52,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from logging import WARNING
 from typing import Any
@@ -68,6 +67,7 @@ from flwr.supercore import log
 
 from fedasr import refinement
 from fedasr.compression import CODECS
+from fedasr.federated.aggregation import norm_outliers_of
 from fedasr.federated.client_update import Update
 from fedasr.federated.config import FedConfig, fed_to_flat
 from fedasr.seeding import derive_seed
@@ -246,13 +246,6 @@ def _setup_reason(rec: Any, shapes: Mapping[str, tuple[int, ...]]) -> str | None
     return None if math.isfinite(float(rec["norm"])) else "non-finite:norm"
 
 
-def _norm_outliers(norms: Mapping[str, float], max_ratio: float) -> dict[str, str]:
-    """`aggregation.norm_outliers`' rule on the norms the clients reported in phase 1."""
-    if max_ratio <= 0 or len(norms) < 3 or not (median := statistics.median_low(norms.values())) > 0:
-        return {}
-    return {c: f"norm-outlier:{n / median:.3g}x" for c, n in norms.items() if not n <= max_ratio * median}
-
-
 class SecAggServer:
     """The server's side of one secure-aggregation round for `strategies.FedAsrStrategy` (module docstring)."""
 
@@ -283,7 +276,7 @@ class SecAggServer:
         for _, cid in strategy._sent:
             if cid not in st["stubs"] and cid not in st["failed"]:
                 st["failed"][cid] = "timeout"
-        for cid, why in _norm_outliers({c: i["norm"] for c, i in st["info"].items()},
+        for cid, why in norm_outliers_of({c: i["norm"] for c, i in st["info"].items()},
                                        fed.faults.max_norm_ratio).items():
             st["failed"][cid] = why
             del st["stubs"][cid]
