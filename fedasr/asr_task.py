@@ -253,7 +253,8 @@ class ASRTask:
         """Greedy WER/CER on each eval split (``wer_user``, ``wer_proxy``, ``wer_user_heldout``), plus the
         new-terms subsets: ``wer_new_terms`` and ``term_recall`` (unseen users, ``user_test``),
         ``wer_new_terms_seen`` and ``term_recall_seen`` (held-out utterances of training clients, whose own
-        names FL can learn). ``hypotheses``, if given, receives ``{split: {utterance id: hypothesis}}``
+        names FL can learn); on the dev twins ``user_dev`` / ``user_heldout_dev`` the same with ``_dev`` /
+        ``_seen_dev``. ``hypotheses``, if given, receives ``{split: {utterance id: hypothesis}}``
         (the per-utterance record behind `fedasr.quality_evidence`)."""
         out = {}
         for split, utts in self._eval.items():
@@ -268,7 +269,9 @@ class ASRTask:
             out[f"cer_{name}"] = rep.get("cer")
             new_terms = rep.get("subsets", {}).get("new_terms", {}).get("wer")
             recall = rep.get("term_recall", {}).get("recall")
-            suffix = {"user_test": "", "user_heldout": "_seen"}.get(split)  # unseen users / seen users' new utterances
+            # unseen users / seen users' new utterances, and their dev twins (choices are made on those, issue 18)
+            suffix = {"user_test": "", "user_heldout": "_seen", "user_dev": "_dev",
+                      "user_heldout_dev": "_seen_dev"}.get(split)
             if suffix is not None and new_terms is not None:
                 out[f"wer_new_terms{suffix}"] = new_terms
             if suffix is not None and recall is not None:
