@@ -323,3 +323,28 @@ def test_deployment_engine_on_loopback_two_rounds(tmp_path):
     assert _no_flower_processes_left() == []
     assert not any(str(tmp_path) in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
                    if p.pid != os.getpid())
+
+
+def test_largest_first_dispatch_orders_nodes_and_leaves_the_weights_unchanged(tmp_path):
+    """`run.largest-first`: the costliest sampled client goes to the node the engine queues first (lowest partition
+    id), and the run reaches bitwise the weights of the sampling-order dispatch (aggregation is in client-id order)."""
+    from fedasr.federated.toy import make_toy_task
+
+    nodes = tuple({"partition-id": p} for p in (3, 1, 0, 2))  # node ids 100..103; queue order 102, 101, 103, 100
+    cfg = _cfg(tmp_path, "lpt", clients_per_round=4)
+    cfg.run.largest_first = True
+    run, grid = _run(cfg, node_configs=nodes)
+    size = make_toy_task({"num-clients": 12}).num_examples
+    trained = [(node, cid) for node, kind, cid in grid.delivered if kind == "train"]
+    assert [k for _, k, _ in grid.delivered[:4]] == ["query"] * 4 and len(trained) == 8  # asked once, 2 rounds
+    for rnd in (trained[:4], trained[4:]):
+        by_node = dict(rnd)
+        queued = [by_node[n] for n in (102, 101, 103, 100)]
+        assert [size(c) for c in queued] == sorted((size(c) for c in queued), reverse=True)
+    ref, ref_grid = _run(_cfg(tmp_path, "sampled", clients_per_round=4), node_configs=nodes)
+    assert all(k == "train" for _, k, _ in ref_grid.delivered)
+    assert [r.get("sampled") for r in run.rounds()] == [r.get("sampled") for r in ref.rounds()]
+    assert sorted(trained) != sorted((n, c) for n, _, c in ref_grid.delivered)  # the order did change something
+    a, b = _final_weights(run), _final_weights(ref)
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

@@ -174,6 +174,16 @@ def test_mix_central_is_the_convex_combination_on_the_clients_variables():
         aggregation.mix_central(agg, {"a": central["a"]}, 0.5)
 
 
+def test_mix_central_at_alpha_one_is_the_central_update_whatever_the_clients_sent():
+    """Why configs/quality/quick.toml's `central_only` control samples 2 clients, not 8: at α = 1 the clients'
+    aggregate is multiplied by 0, so any finite aggregate gives the central update's values exactly."""
+    g = torch.Generator().manual_seed(0)
+    central = {"a": torch.randn(64, generator=g)}
+    for scale in (1e-3, 1.0, 1e6):
+        out = aggregation.mix_central({"a": scale * torch.randn(64, generator=g)}, central, 1.0)
+        assert torch.equal(out["a"], central["a"])
+
+
 class CentralToyTask(ToyTask):
     """The toy task with server-side data: client toy0007's examples stand in for the proxy set."""
 

@@ -23,7 +23,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from fedasr import ledger, omc
-from fedasr.federated import faults, privacy, secagg, transport
+from fedasr.federated import dispatch, faults, privacy, secagg, transport
 from fedasr.federated.client_update import client_update
 from fedasr.federated.config import (
     FedConfig,
@@ -153,10 +153,13 @@ def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = N
 
 def handle_query(msg: Message, context: Context, cfg: FederatedConfig | None = None,
                  task_factory: TaskFactory | None = None) -> Message:
-    """Answer the server's hosts query with the clients this node hosts."""
+    """Answer the server's queries: the clients this node hosts, its partition id (dispatch order), secagg recovery."""
     action = msg.content["config"]["action"] if "config" in msg.content else ""
     if action == secagg.RECOVER:  # [fed.secagg]: reveal the pair seeds with the clients lost after setup
         return secagg.recovery_reply(msg, context)
+    if action == dispatch.ORDER_QUERY:  # the simulation's dispatch order (fed.dispatch); -1: this node has none
+        pid = int(context.node_config.get("partition-id", -1))
+        return Message(RecordDict({"config": ConfigRecord({"partition-id": pid})}), reply_to=msg)
     if action != HOSTS_QUERY:
         raise ValueError(f"unknown query action {action!r}")
     task, _ = _runtime(_resolve(cfg, context), task_factory)

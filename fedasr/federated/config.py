@@ -259,6 +259,10 @@ class RunSpec:
     # clients train (they run in other processes on every Flower engine) instead of after them. Same result;
     # a grid that runs its clients inside the server process (the tests' in-process grid) must turn it off.
     overlap_central: bool = True
+    # Hand the sampled clients to the nodes largest first (`fedasr.federated.dispatch`): scheduling only, same result.
+    # For engines that queue a round's messages in node-registration order; `launch` turns it on for the Simulation
+    # Engine (in process and under `flwr run`). Off, node i trains the i-th sampled client.
+    largest_first: bool = False
 
 
 @dataclass

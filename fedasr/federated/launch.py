@@ -100,6 +100,7 @@ def run_simulation(cfg: FederatedConfig, task_factory: Callable[[], FederatedTas
 
     os.environ.update(FLWR_ENV)
     cfg = _pinned(cfg)
+    cfg = replace(cfg, run=replace(cfg.run, largest_first=True))  # the engine queues by node: largest client first
     nodes = num_supernodes or cfg.fed.clients_per_round
     backend_config = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": ray_init_args(concurrency)}
     with flower_log(Path(cfg.run.results_root) / cfg.run.experiment / "logs" / f"{cfg.run.run_id}.log"):

@@ -103,6 +103,8 @@ def _run(grid: Grid, cfg: FederatedConfig, task_factory: Callable[[], FederatedT
                 return central_update(task, model, global_weights, fed, server_round)
     strategy = build_strategy(fed, task.client_ids(), weights, trainable_names(model), omc_names, central)
     strategy.device_of = lambda cid: ledger.device_of(task, cid)  # the ledger's tier and budget of each client
+    if cfg.run.largest_first:  # a client's work, to queue the largest first (fedasr.federated.dispatch)
+        strategy.cost_of = task.num_examples
     start_round = 1
     if resume:
         weights.update(ckpt["weights"])

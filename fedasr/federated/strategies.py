@@ -63,7 +63,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
 from fedasr import ledger, refinement
-from fedasr.federated import privacy, secagg, transport
+from fedasr.federated import dispatch, privacy, secagg, transport
 from fedasr.federated.aggregation import (
     ServerOptimizer,
     aggregate,
@@ -118,6 +118,8 @@ class FedAsrStrategy(FedAvg):
         self.hosts: dict[str, int] | None = None  # client → node, after `discover_hosts` (partitioned)
         self.record: dict[str, Any] = {}  # the current round's record (rounds.jsonl row)
         self.device_of: Callable[[str], ledger.Device] = lambda cid: (None, None)  # tier, budget (server_app sets it)
+        self.cost_of: Callable[[str], float] | None = None  # a client's work: dispatch largest first (run.largest-first)
+        self.node_order: list[int] | None = None  # nodes in the engine's dispatch order (shared node data)
         self._ledger: dict[str, dict] = {}  # what the round's replies told the ledger, per client
         self._sent: list[tuple[Message, str]] = []
 
@@ -170,8 +172,11 @@ class FedAsrStrategy(FedAvg):
             arrays = ArrayRecord({k: Array(v) for k, v in enc.items()})
             base[DOWNLOAD_META] = meta
         self._sent = []
+        largest_first = self.cost_of is not None and self.node_order is not None
+        spread = dispatch.assign_nodes(sampled, self.node_order if largest_first else nodes,
+                                       self.cost_of if largest_first else None)
         for i, cid in enumerate(sampled):
-            node = self.hosts[cid] if self.hosts is not None else nodes[i % len(nodes)]
+            node = self.hosts[cid] if self.hosts is not None else spread[i]
             cfg = ConfigRecord({**base, "client-id": cid,
                                 "client-seed": derive_seed("client", self.fed.seed, server_round, cid)})
             msg = Message(RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=node,
@@ -276,6 +281,10 @@ class FedAsrStrategy(FedAvg):
         result, arrays = Result(arrays=initial_arrays), initial_arrays
         if self.fed.node_data == "partitioned" and self.hosts is None:
             self.discover_hosts(grid, timeout)
+        elif self.cost_of is not None:  # the engine's node order, asked once (run.largest-first)
+            nodes = self._wait_for_nodes(grid)
+            self.node_order = dispatch.node_order(nodes, grid.send_and_receive(dispatch.order_messages(nodes),
+                                                                               timeout=timeout))
         if start_round == 1 and evaluate_fn is not None:
             t0 = time.perf_counter()
             res = evaluate_fn(0, arrays)
