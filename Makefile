@@ -19,7 +19,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
 .PHONY: help setup system-deps data summary seed seed-full efficiency efficiency-quality smoke deployment-demo \
-        federated reliability filter-calibration secagg ledger privacy-audit dp-quick import-librispeech import-commonvoice import-configs quality quality-seeds quality-mixing quality-lr bench seed-screens notebooks reproduce reproduce-teaching lab \
+        federated reliability filter-calibration secagg ledger privacy-audit dp-quick import-librispeech import-commonvoice import-configs quality quality-seeds quality-mixing quality-lr quality-dev quality-headline bench seed-screens notebooks reproduce reproduce-teaching lab \
         compare test test-all test-gpu clean-data
 
 help:  ## list targets
@@ -118,6 +118,12 @@ quality-mixing: seed  ## Mixed FL's α screen (configs/quality/mixing.toml) → 
 
 quality-lr: seed  ## server learning-rate screen (configs/quality/lr.toml) → results/quality-lr/
 	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/lr.toml'))"
+
+quality-dev: seed  ## the headline's dev screen (configs/quality/dev_screen.toml, dev splits only) and its rule → results/quality-dev/selection.json
+	$(PY) -c "from fedasr import config, dev_selection as d, experiments as e; x = config.load(e.QualityExperiment, 'configs/quality/dev_screen.toml'); e.run_quality_experiment(x); print(d.select(x.results_root, x.experiment, list(x.variants))['chosen'])"
+
+quality-headline: seed  ## the configuration chosen on dev splits (configs/quality/headline.toml), seeds 0-2, test splits read once → results/quality-headline/evidence.json
+	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/headline.toml'))"
 
 bench: setup  ## one fwd+bwd step per preset, and federation overhead → results/bench/
 	$(PY) bench/asr_step.py --out results/bench/asr_step.json

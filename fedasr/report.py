@@ -347,6 +347,10 @@ def _e5(root: Path) -> Claim:
     c.measured.append(f"After FL with refined corrections (`{head}`): user WER {_rel(ch['wer_user'])}, new terms "
                       f"{_rel(ch['wer_new_terms'])}, proxy {_rel(ch['wer_proxy'])} (bound {_bound(bound)}: "
                       f"{'met' if t['met']['wer_proxy'] else 'not met'}).")
+    h = quality_evidence.headline(root)  # the configuration chosen on dev splits, test read once (issue 18)
+    c.checks += [Check(f"headline `{h['headline']}` (chosen on {', '.join(h['tuned_on'])}) {m}: {_rel(x['delta_rel'])} vs "
+                       f"the seed (95% CI {_rel(x['ci95'][0])} to {_rel(x['ci95'][1])}; target {_bound(x['target'])})",
+                       x["met"]) for m, x in h["metrics"].items()] if h else []
     sweeps = [x for e in ("quality-lr", "quality-mixing") for x in _within_bound(root, e, bound)]
     (c.details if t["met"]["wer_proxy"] else c.why).extend(sweeps)
     return c
@@ -414,7 +418,7 @@ def render(results_root: str | Path = "results", report_path: str | Path = "resu
             "", "## Quality from user corrections (E4, E5)",
             *(["", f"Each federated row below is from {max(seeds, 1)} seed(s): fewer than 3, so no difference is "
                    "claimed from it (`make quality-seeds` runs 3)."] if single else []),
-            *tables.quality_table(root), *quality_evidence.markdown(root), *_figs(figs, "quality", report_dir),
+            *tables.quality_table(root), *tables.evidence_markdown(root), *_figs(figs, "quality", report_dir),
             *[line for e in ("quality-mixing", "quality-lr") for line in tables.quality_table(root, e)],
             "", "## Federated training on the seed's own hypotheses (E4)", *tables.federated_table(root),
             *_figs(figs, "federated", report_dir), "", "## Seed model and step cost (E5's starting point)", "",

@@ -11,6 +11,8 @@ note, when the run has not been made yet)::
     efficiency_table      device budget of one client round, technique by technique (§2.3–2.4; notebook 03)
     quality_cost_table    WER cost of those techniques in real FL at small scale (notebook 03)
     quality_table         quality from user corrections (§2.5; notebook 04)
+    headline_table        the configuration chosen on dev splits against the seed, with targets (issue 18)
+    evidence_markdown     means over seeds with intervals and paired comparisons (evidence.json; the report)
     results_markdown      all of the above: the README's results block (tools/readme_results.py)
 
 In a notebook: ``display(Markdown("\\n".join(tables.efficiency_table())))``.
@@ -25,7 +27,7 @@ from typing import Any, Sequence
 from fedasr.results import REPO_ROOT
 
 __all__ = ["RESULTS", "seed_table", "step_table", "federated_table", "efficiency_table", "quality_cost_table",
-           "quality_table", "results_markdown"]
+           "quality_table", "headline_table", "evidence_markdown", "results_markdown"]
 
 RESULTS = REPO_ROOT / "results"
 MiB = 2**20
@@ -212,6 +214,62 @@ def quality_table(root: str | Path = RESULTS, experiment: str = "quality") -> li
     return out
 
 
+def headline_table(root: str | Path = RESULTS) -> list[str]:
+    """The headline configuration (chosen on dev splits, test splits read once) against the seed model, per metric:
+    both means over seeds, the relative change with its paired 95% interval, and issue 18's target."""
+    from fedasr import quality_evidence
+
+    h = quality_evidence.headline(root)
+    if not h:
+        return []
+    path = Path(root) / h["experiment"] / "evidence.json"
+    rows = {r["variant"]: r for r in _load(path)["rows"]}
+    seed, head = next(iter(rows)), h["headline"]
+    names = {"wer_user": "user WER (unseen users)", "wer_new_terms": "new-terms WER (seen users)",
+             "wer_proxy": "proxy WER (server domain)"}
+    out = _table(f"**Headline configuration, chosen on dev splits** (`{_where(path)}`; `{head}` against the seed model, "
+                 f"mean over seeds {', '.join(map(str, h['seeds']))}; choices made on {', '.join(h['tuned_on'])}; "
+                 "test splits read once):",
+                 ("metric", "seed", head, "change [95% CI]", "target", "met"))
+    for m, x in h["metrics"].items():
+        lo, hi = x["ci95"]
+        out.append(f"| {names[m]} | {_pct(rows[seed][m]['mean'])} | {_pct(rows[head][m]['mean'])} | "
+                   f"{100 * x['delta_rel']:+.1f}% [{100 * lo:+.1f}%, {100 * hi:+.1f}%] | "
+                   f"{100 * x['target']:+.0f}% | {'yes' if x['met'] else 'no'} |")
+    if "term_recall" in h:
+        out += ["", f"Seen users' new terms recognised (term recall): {_pct(h['term_recall']['seed'])} by the seed, "
+                f"{_pct(h['term_recall']['headline'])} after federated training (mean over seeds)."]
+    return out
+
+
+def evidence_markdown(root: str | Path,
+                      experiments: Sequence[str] = ("quality", "quality-headline", "efficiency-quality")) -> list[str]:
+    """Report lines: rows with a mean and a 95% interval over seeds (``evidence.json``), and each comparison with
+    its verdict, where a run carries them (``evidence.json``, `fedasr.quality_evidence`; used by `fedasr.report`)."""
+    from fedasr import evidence
+
+    def rel(v: float) -> str:
+        return f"{100 * v:+.1f}%"
+    out = []
+    for exp in experiments:
+        path = Path(root) / exp / "evidence.json"
+        ev = json.loads(path.read_text()) if path.exists() else {}
+        if not ev.get("rows"):
+            continue
+        cols = [k for k, v in ev["rows"][0].items() if isinstance(v, dict) and "ci95" in v]
+        out += ["", f"**Mean over seeds with 95% confidence intervals** (`{_where(path)}`):",
+                "", "| variant | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+        out += [f"| {row['variant']} | {row.get('n_seeds', '')} | " + " | ".join(
+            f"{_pct(row[k]['mean'])} [{_pct(row[k]['ci95'][0])}, {_pct(row[k]['ci95'][1])}]"
+            if isinstance(row.get(k), dict) else "" for k in cols) + " |" for row in ev["rows"]] + [""]
+        for cmp in ev.get("comparisons", []):
+            (lo, hi), mean = cmp["delta_rel"]["ci95"], cmp["delta_rel"]["mean"]
+            verdict = cmp.get("verdict") or evidence.verdict((lo, hi))
+            out.append(f"- `{cmp['b']}` vs `{cmp['a']}`, {cmp['metric']}: {rel(mean)} (95% CI {rel(lo)} to "
+                       f"{rel(hi)}, {len(ev.get('seeds', []))} seed(s)): {verdict}.")
+    return out
+
+
 def time_table(root: str | Path = RESULTS, experiment: str = "quality") -> list[str]:
     """Where the time of an experiment's runs goes, summed over rounds (``rounds.jsonl``): the clients' phase
     (their compute, transport and the engine's scheduling), the clients' own compute, the server's update (with
@@ -243,5 +301,5 @@ def time_table(root: str | Path = RESULTS, experiment: str = "quality") -> list[
 def results_markdown(root: str | Path = RESULTS) -> str:
     """Every table above, in the README's order, with the synthetic-speech footnote."""
     lines = ["", *seed_table(root), *step_table(root), *federated_table(root), *efficiency_table(root),
-             *quality_cost_table(root), *quality_table(root), "", FOOTNOTE]
+             *quality_cost_table(root), *quality_table(root), *headline_table(root), "", FOOTNOTE]
     return "\n".join(lines)
