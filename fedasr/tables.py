@@ -12,6 +12,7 @@ note, when the run has not been made yet)::
     quality_cost_table    WER cost of those techniques in real FL at small scale (notebook 03)
     quality_table         quality from user corrections (§2.5; notebook 04)
     headline_table        the configuration chosen on dev splits against the seed, with targets (issue 18)
+    reproduce_line        how long the last `make reproduce` took, per notebook
     evidence_markdown     means over seeds with intervals and paired comparisons (evidence.json; the report)
     results_markdown      all of the above: the README's results block (tools/readme_results.py)
 
@@ -27,7 +28,8 @@ from typing import Any, Sequence
 from fedasr.results import REPO_ROOT
 
 __all__ = ["RESULTS", "seed_table", "step_table", "federated_table", "efficiency_table", "quality_cost_table",
-           "quality_table", "headline_table", "evidence_markdown", "results_markdown"]
+           "quality_table", "headline_table", "evidence_markdown", "reproduce_line",
+           "results_markdown"]
 
 RESULTS = REPO_ROOT / "results"
 MiB = 2**20
@@ -298,8 +300,23 @@ def time_table(root: str | Path = RESULTS, experiment: str = "quality") -> list[
     return out
 
 
+def reproduce_line(root: str | Path = RESULTS) -> list[str]:
+    """How long the last ``make reproduce`` took (``reproduce.json``): steps before the notebooks, then each notebook."""
+    r = _load(Path(root) / "reproduce.json")
+    if not r or r.get("size") != "full":
+        return []
+    steps = sum(x["seconds"] for x in r.get("steps", []))
+    nbs = ", ".join(f"{n['name']} {n['seconds'] / 60:.1f}" for n in r["notebooks"])
+    loads = ", ".join(f"{n['load_avg_15min']:.1f}" for n in r["notebooks"] if "load_avg_15min" in n)
+    return ["", f"**The quick reproduction** (`{_where(Path(root) / 'reproduce.json')}`, profile `{r['profile']}`, "
+            f"{r['cores']} cores): {r['wall_seconds'] / 60:.1f} min in all, of which {steps / 60:.1f} min corpus, "
+            f"summary and seed checks and {sum(n['seconds'] for n in r['notebooks']) / 60:.1f} min of notebooks "
+            f"(minutes: {nbs})" + (f"; 15-minute load average at each notebook's end {loads}." if loads else ".")]
+
+
 def results_markdown(root: str | Path = RESULTS) -> str:
     """Every table above, in the README's order, with the synthetic-speech footnote."""
     lines = ["", *seed_table(root), *step_table(root), *federated_table(root), *efficiency_table(root),
-             *quality_cost_table(root), *quality_table(root), *headline_table(root), "", FOOTNOTE]
+             *quality_cost_table(root), *quality_table(root), *headline_table(root), *reproduce_line(root), "",
+             FOOTNOTE]
     return "\n".join(lines)

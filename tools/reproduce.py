@@ -4,7 +4,7 @@
     python tools/reproduce.py --size teaching --results-root /tmp/r  # every notebook at its teaching size
 
 Writes ``<results-root>/reproduce.json``: ``{"profile", "size", "wall_seconds", "cores", "steps": [{"name",
-"seconds"}], "notebooks": [{"name", "seconds", "status"}]}`` and the executed notebooks under
+"seconds"}], "notebooks": [{"name", "seconds", "status", "load_avg_15min"}]}`` and the executed notebooks under
 ``<results-root>/notebooks/``. A notebook that fails is recorded with its error and the run goes on to the
 next one (each notebook writes its own results atomically, so earlier results stay in place); the command
 exits non-zero if any failed. Two runs with the same seed give the same results JSON except wall-clock
@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 — record it, keep the results of the others
             status = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300]
             print(f"reproduce: {name} {status}", file=sys.stderr, flush=True)
-        notebooks.append({"name": name, "seconds": time.perf_counter() - t, "status": status})
+        # the 15-minute load average when it ends: near the core count when the machine ran this alone, above it
+        # when other work shared the cores (timings are then longer than a quiet machine's)
+        notebooks.append({"name": name, "seconds": time.perf_counter() - t, "status": status,
+                          "load_avg_15min": round(os.getloadavg()[2], 2)})
     record = {"profile": args.profile, "size": args.size, "wall_seconds": time.perf_counter() - t0,
               "cores": os.cpu_count(), "steps": steps, "notebooks": notebooks}
     write_json(Path(args.results_root) / "reproduce.json", record)
