@@ -16,10 +16,11 @@ The user model, per utterance ``u`` of client ``k`` (all draws seeded from ``(se
     else:       P(correct) = e_k · min(1, p_base + p_term·[a term word is wrong]
                                             + p_per_error·min(WER_u, 1))
     given a correction of an erroneous h, its kind is
-        wrong   with p_wrong    (rewrite | empty | junk | long [| substitute, off by default], by the wrong_* mix)
+        wrong   with q_k        (rewrite | empty | junk | long [| substitute, off by default], by the wrong_* mix)
         typo    with p_typo     (the right text, one typed word mistyped)
         partial with p_partial  (only some error regions fixed: the new term's first, if wrong)
         exact   otherwise       (c = r, up to casing/punctuation the device normalizes away)
+    q_k = p_wrong, or with wrong_concentration κ > 0 a per-client Beta draw of mean p_wrong (correction_quality)
 
 A *record* per utterance (``simulate_corrections``) holds what the device has — ``id``, ``client``,
 ``duration``, ``hypothesis``, ``correction`` (the raw typed text, or ``None``) — plus the simulation's
@@ -41,6 +42,7 @@ from typing import Iterable, Mapping, Sequence
 from rapidfuzz.distance import Levenshtein  # a dependency of jiwer (pinned), C-speed edit distances
 
 from fedasr import results
+from fedasr.correction_quality import client_wrong_rate, kind_thresholds
 from fedasr.data import DataError, Utterance, normalize_text
 from fedasr.seeding import derive_seed
 
@@ -104,6 +106,8 @@ class CorrectionConfig:
             to say): always a wrong correction. (Default: 0.05)
         p_wrong: share of corrections that are content rewrites / cleared / junk / pasted text, the
             "incorrect corrections" filtering must remove (paper.md E6: p_bad 10–30%). (Default: 0.15)
+        wrong_concentration: κ > 0 gives each client its own wrong rate ~ Beta(p_wrong·κ, (1 − p_wrong)·κ), mean
+            p_wrong (careful vs careless typists; `fedasr.correction_quality`). 0: one rate for all. (Default: 0.0)
         p_typo: share of corrections with one mistyped word. (Default: 0.05)
         p_partial: share of corrections fixing only some error regions (needs ≥ 2 regions; with one
             region a partial fix is the whole fix and the kind is "exact"). (Default: 0.10)
@@ -131,6 +135,7 @@ class CorrectionConfig:
     p_per_error: float = 0.4
     p_edit_correct: float = 0.05
     p_wrong: float = 0.15
+    wrong_concentration: float = 0.0  # off: every client's wrong rate is p_wrong (records unchanged)
     p_typo: float = 0.05
     p_partial: float = 0.10
     wrong_rewrite: float = 0.7
@@ -155,6 +160,8 @@ class CorrectionConfig:
             raise ValueError("wrong_* weights must be >= 0 with a positive sum")
         if self.engagement_a <= 0 or self.engagement_b <= 0 or self.long_words < 1:
             raise ValueError("engagement_a, engagement_b and long_words must be > 0")
+        if self.wrong_concentration < 0:
+            raise ValueError("wrong_concentration must be >= 0 (0 = off)")
 
     def wrong_mix(self) -> dict[str, float]:
         """Return the wrong-correction types with their normalised probabilities."""
@@ -337,19 +344,23 @@ def simulate_utterance(utt: Utterance, hypothesis: str, pool: Sequence[str], cfg
               "oracle": {"p_correct": p, "engagement": e, "errors": errors, "term_wrong": term_wrong,
                          "regions": 0, "label_correct": None}}
     corrects, u_kind = rng.random() < p, rng.random()
+    q = client_wrong_rate(utt.client, cfg.seed, cfg.p_wrong, cfg.wrong_concentration)
+    if cfg.wrong_concentration > 0:
+        record["oracle"]["p_wrong"] = q  # only when on: default records keep their fields
     if not corrects:
         return record
     regions = error_regions(hyp, ref)
     record["oracle"]["regions"] = len(regions)
-    if errors == 0 or u_kind < cfg.p_wrong:
+    t_wrong, t_typo, t_partial = kind_thresholds(q, cfg.p_wrong, cfg.p_typo, cfg.p_partial)
+    if errors == 0 or u_kind < t_wrong:
         text, record["wrong_type"] = _wrong(utt.text, pool, cfg, rng, utt.terms, term_pool)
         kind = "wrong"
-    elif u_kind < cfg.p_wrong + cfg.p_typo:
+    elif u_kind < t_typo:
         words, typed = _fix(hyp, ref, regions)
         i = rng.choice(typed) if typed else rng.randrange(len(words))
         words[i] = _typo(words[i], rng)
         text, kind = " ".join(words), "typo"
-    elif u_kind < cfg.p_wrong + cfg.p_typo + cfg.p_partial and len(regions) >= 2:
+    elif u_kind < t_partial and len(regions) >= 2:
         text, kind = " ".join(_fix(hyp, ref, _partial_regions(regions, ref, utt.terms, rng))[0]), "partial"
     else:
         text, kind = utt.text, "exact"
