@@ -5,11 +5,15 @@ this module trains that *seed model* on ``proxy_train`` only, then measures it o
 set, the user domain (unseen users), the user domain's new-terms subset and the real-speech check.
 
 Both CPU cores are used by data parallelism over processes, not threads (calibration.md: two
-1-thread processes with gloo ≈ 1.75× one process; two threads in one process ≈ 1.5×). Each rank
-computes the *summed* loss gradient of its own batch; one ``all_reduce`` adds gradients,
-utterance counts and the stop flag, so the update is the exact mean over both ranks' utterances.
+1-thread processes with gloo ≈ 1.75× one process; two threads in one process ≈ 1.5×); on GPUs, one
+process per GPU (DESIGN §6). Each rank computes the *summed* loss gradient of its own shard;
+``DistributedDataParallel`` with a summing comm hook (`fedasr.distributed`) adds them over ranks during
+``backward()``, and one small ``all_reduce`` adds utterance counts, losses and the stop flag, so the update
+is the exact mean over all ranks' utterances (bit-identical to the pre-DDP flat all_reduce with 2 ranks).
 
-CLI: ``python -m fedasr.train --config configs/seed/quick.toml [--out results/seed] [--if-stale]``.
+CLI: ``python -m fedasr.train --config configs/seed/quick.toml [--out results/seed] [--if-stale]`` spawns
+``train.workers`` ranks; ``torchrun --nproc-per-node N [--nnodes ...] -m fedasr.train ...`` runs the same
+worker on torchrun's ranks (its world size replaces ``train.workers``).
 """
 
 from __future__ import annotations
@@ -23,22 +27,19 @@ import random
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from tqdm import tqdm
 
 from fedasr import config as config_lib
 from fedasr import data as data_lib
-from fedasr import decoding, metrics, results
+from fedasr import decoding, distributed, metrics, results
 from fedasr import features as feats_lib
 from fedasr.model import ASRModel, ModelConfig, build_model, count_parameters, model_config
-from fedasr.ports import free_port
 from fedasr.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, build_tokenizer, load_tokenizer
 
 __all__ = ["TrainConfig", "SeedConfig", "train_seed", "evaluate", "featurize", "save_checkpoint",
@@ -168,11 +169,12 @@ def evaluate(model: ASRModel, tokenizer: Tokenizer, utterances: Sequence[data_li
     usable = [u for u in utterances if u.id in feats]
     refs, hyps, ids = [], [], []
     model.eval()
+    dev = next(model.parameters()).device  # rank 0 evaluates during training on its training device
     for group in feats_lib.bucket_by_duration(usable, batch_seconds, shuffle=False):
         xs = [feats[u.id] for u in group]
         x = torch.nn.utils.rnn.pad_sequence(xs, batch_first=True)
         lengths = torch.tensor([t.shape[0] for t in xs])
-        for u, h in zip(group, decoding.greedy_decode(model, x, lengths)):
+        for u, h in zip(group, decoding.greedy_decode(model, x.to(dev), lengths.to(dev))):
             refs.append(u.text)
             hyps.append(tokenizer.decode(h))
             ids.append(u.id)
@@ -246,65 +248,55 @@ def seed_fingerprint(cfg: SeedConfig) -> str:
 # training
 
 
-def _worker(rank: int, world: int, port: int, job: dict) -> None:
-    """One data-parallel rank: trains until the budget is spent; rank 0 logs and checkpoints."""
+def _worker(rank: int, world: int, job: dict) -> None:
+    """One data-parallel rank (in a process group if ``world`` > 1): trains until the budget is spent; rank 0
+    logs and checkpoints."""
     torch.set_num_threads(1)
     cfg: SeedConfig = job["cfg"]
     tcfg = cfg.train
-    if world > 1:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    tokenizer = job["tokenizer"]
-    model = build_model(job["model_config"])
+    dev = distributed.device(rank)
+    model = build_model(job["model_config"]).to(dev)
     model.load_state_dict(job["init_state"])
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.peak_lr, betas=(0.9, tcfg.adam_beta2), eps=1e-9)
-    step = 0
-    if job.get("resume_state"):  # init_state holds the checkpoint's weights then
+    step = job["resume_state"]["step"] if job.get("resume_state") else 0  # init_state: the checkpoint's weights then
+    if step:
         opt.load_state_dict(job["resume_state"]["optimizer"])
-        step = job["resume_state"]["step"]
-    train = job["train"][rank::world]
-    feats = featurize(train, cfg.features)
-    train = [u for u in train if u.id in feats]
-    batches = feats_lib.bucket_by_duration(train, tcfg.batch_seconds, shuffle=False)
+    loss_fn = distributed.data_parallel(model, dev)  # backward() leaves gradients summed over all ranks
+    shard = job["train"][rank::world]
+    feats = featurize(shard, cfg.features)
+    batches = feats_lib.bucket_by_duration([u for u in shard if u.id in feats], tcfg.batch_seconds, shuffle=False)
     augment = feats_lib.SpecAugment(cfg.features).train() if cfg.features.freq_masks or cfg.features.time_masks else None
     run = results.RunDir(Path(job["run_dir"])) if rank == 0 else None
-    dev = job["dev"][: tcfg.eval_max_utterances]
-    dev_feats = featurize(dev, cfg.features) if rank == 0 and tcfg.eval_every_steps else {}
+    dev_set = job["dev"][: tcfg.eval_max_utterances]
+    dev_feats = featurize(dev_set, cfg.features) if rank == 0 and tcfg.eval_every_steps else {}
     params = [p for p in model.parameters() if p.requires_grad]
     t0, trained_s = time.time(), job.get("trained_seconds", 0.0)
     window, window_t = Counter(), time.time()  # summed loss, utterances and tokens since the last logged row
-    bar = None
-    if rank == 0:
-        if tcfg.max_steps:  # a step budget (deterministic); max-minutes is then a guard
-            bar = tqdm(total=tcfg.max_steps, unit="step", desc="seed training", initial=step)
-        else:
-            bar = tqdm(total=int(tcfg.max_minutes * 60), unit="s", desc="seed training", initial=int(trained_s))
+    # progress in steps with a step budget (deterministic; max-minutes is then a guard), else in seconds
+    bar = tqdm(total=tcfg.max_steps or int(tcfg.max_minutes * 60), initial=step if tcfg.max_steps else int(trained_s),
+               unit="step" if tcfg.max_steps else "s", desc="seed training", disable=rank != 0)
     model.train()
     while True:
         epoch, b = _batch_order(step, len(batches), tcfg, rank)
         # dropout/SpecAugment randomness is a function of (seed, rank, step): exact resume at any step
         torch.manual_seed((tcfg.seed * 1_000_003 + rank) * 1_000_003 + step)
-        batch = feats_lib.collate(batches[b], feats, tokenizer, augment)
+        batch = feats_lib.collate(batches[b], feats, job["tokenizer"], augment)
+        batch = type(batch)(*(x.to(dev) if torch.is_tensor(x) else x for x in batch))
         opt.zero_grad(set_to_none=False)
-        loss_sum, info = model.loss(batch, reduction="sum", on_invalid="skip")
-        loss_sum.backward()
+        loss_sum, info = loss_fn(batch)
+        loss_sum.backward()  # DDP: the gradients are summed over all ranks by the time this returns
         elapsed = trained_s + time.time() - t0
         stop = elapsed >= tcfg.max_minutes * 60 or (tcfg.max_steps and step + 1 >= tcfg.max_steps)
-        # one all_reduce: summed gradients, utterance count, summed loss, token count, rank 0's clock, stop
-        # flag (every rank takes rank 0's clock, so all ranks use the same learning rate and stop together)
-        flat = torch.cat([p.grad.reshape(-1) for p in params] +
-                         [torch.tensor([info["num_utterances"], info["loss_sum"], info["num_tokens"],
-                                        elapsed if rank == 0 else 0.0, float(stop)])])
-        if world > 1:
-            dist.all_reduce(flat)
-        n_utts, loss_total, tokens, elapsed, stop_votes = flat[-5:].tolist()
+        # utterance count, summed loss, token count, rank 0's clock (so all ranks use one lr and stop together)
+        n_utts, loss_total, tokens, elapsed, stop_votes = distributed.all_reduce_stats(
+            [info["num_utterances"], info["loss_sum"], info["num_tokens"], elapsed if rank == 0 else 0.0,
+             float(stop)], dev)
         last = stop_votes > 0
         lr = _lr(step + 1, tcfg, budget_progress(step + 1, elapsed, tcfg))
         for g in opt.param_groups:
             g["lr"] = lr
-        offset = 0
-        for p in params:
-            p.grad.copy_(flat[offset: offset + p.numel()].view_as(p)).div_(max(n_utts, 1.0))
-            offset += p.numel()
+        for p in params:  # summed gradient / global utterance count = the exact mean over all ranks' utterances
+            p.grad.div_(max(n_utts, 1.0))
         torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
         opt.step()
         step += 1
@@ -318,40 +310,25 @@ def _worker(rank: int, world: int, port: int, job: dict) -> None:
                        "loss_per_token": window["loss"] / max(window["tokens"], 1),
                        "utterances_per_second": window["utts"] / max(dt, 1e-9)}
                 if tcfg.eval_every_steps and (step % tcfg.eval_every_steps == 0 or last):
-                    rep = evaluate(model, tokenizer, dev, cfg.features, feats=dev_feats)
+                    rep = evaluate(model, job["tokenizer"], dev_set, cfg.features, feats=dev_feats)
                     row.update(dev_wer=rep.get("wer"), dev_cer=rep.get("cer"))
                     model.train()
                     bar.set_postfix(loss=f"{row['loss_per_token']:.2f}", dev_wer=f"{row['dev_wer']:.3f}")
                 run.log_round(row)
                 window, window_t = Counter(), time.time()
             if last or (tcfg.checkpoint_every_steps and step % tcfg.checkpoint_every_steps == 0):
-                save_checkpoint(Path(job["run_dir"]) / "checkpoint", model, tokenizer, cfg.features,
+                save_checkpoint(Path(job["run_dir"]) / "checkpoint", model, job["tokenizer"], cfg.features,
                                 {"step": step, "trained_seconds": elapsed, "optimizer": opt.state_dict(),
                                  "fingerprint": job["fingerprint"]})
         if last:
             break
-    if bar is not None:
-        bar.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    bar.close()
+    distributed.barrier()  # the last checkpoint is written before any rank leaves
 
 
-def train_seed(cfg: SeedConfig, out: str | Path = "results/seed", resume: bool = False) -> results.RunDir:
-    """Train the seed model centrally on ``proxy_train`` and evaluate it (writes ``out/summary.json``).
-
-    Args:
-        cfg: the run's config.
-        out: run folder: ``config.json``, ``rounds.jsonl``, ``summary.json``, ``checkpoint/`` (resumable,
-            full precision) and ``model/`` (the seed model, fp16, small enough to commit).
-        resume: continue from ``out/checkpoint`` if its config fingerprint matches.
-    """
-    torch.set_num_threads(1)
-    random.seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
-    out = Path(out)
-    corpus = data_lib.load_corpus(cfg.corpus_path(), splits=["proxy_train", "proxy_dev", *cfg.eval_splits])
+def _prepare(cfg: SeedConfig, out: Path, resume: bool, corpus: dict) -> dict:
+    """Load ``corpus`` (in place); return the job all ranks train from: tokenizer, first weights, data, run folder."""
+    corpus.update(data_lib.load_corpus(cfg.corpus_path(), splits=["proxy_train", "proxy_dev", *cfg.eval_splits]))
     if "proxy_train" not in corpus:
         raise data_lib.DataError(f"{cfg.corpus_path()} has no proxy_train split")
     fingerprint = seed_fingerprint(cfg)
@@ -375,60 +352,77 @@ def train_seed(cfg: SeedConfig, out: str | Path = "results/seed", resume: bool =
         # global mean/variance normalisation from (a sample of) the proxy training set, stored in the model
         sample = random.Random(cfg.train.seed).sample(corpus["proxy_train"], min(500, len(corpus["proxy_train"])))
         init_model.normalizer.set_stats(*feats_lib.compute_stats(featurize(sample, cfg.features).values()))
-    world = max(1, cfg.train.workers)
     job = {"cfg": cfg, "tokenizer": tokenizer, "model_config": init_model.config, "init_state": init_model.state_dict(),
            "train": corpus["proxy_train"], "dev": corpus.get("proxy_dev", []), "run_dir": str(run.path),
            "fingerprint": fingerprint}
     if resume_state:
         job.update(resume_state=resume_state, trained_seconds=resume_state["trained_seconds"])
-    port = free_port()
-    if world == 1:
-        _worker(0, 1, port, job)
-    else:
-        mp.start_processes(_worker, args=(world, port, job), nprocs=world, join=True, start_method="spawn")
-    model, tokenizer, fcfg, state = load_checkpoint(ckpt)
-    save_checkpoint(out / "model", model, tokenizer, fcfg, {"step": state["step"], "fingerprint": fingerprint},
+    return job
+
+
+def train_seed(cfg: SeedConfig, out: str | Path = "results/seed", resume: bool = False) -> results.RunDir | None:
+    """Train the seed model centrally on ``proxy_train`` and evaluate it (writes ``out/summary.json``).
+
+    Under torchrun every rank calls this and only rank 0 returns the run (the others: None); otherwise this
+    process launches ``train.workers`` ranks (`fedasr.distributed.run_ranks`).
+
+    Args:
+        cfg: the run's config.
+        out: run folder: ``config.json``, ``rounds.jsonl``, ``summary.json``, ``checkpoint/`` (resumable,
+            full precision) and ``model/`` (the seed model, fp16, small enough to commit).
+        resume: continue from ``out/checkpoint`` if its config fingerprint matches.
+    """
+    torch.set_num_threads(1)
+    cfg = replace(cfg, train=replace(cfg.train, workers=distributed.world_size(cfg.train.workers)))
+    random.seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    out = Path(out)
+    corpus: dict = {}  # filled on rank 0 only
+    done = distributed.run_ranks(lambda: _prepare(cfg, out, resume, corpus), _worker, cfg.train.workers)
+    if done is None:  # a torchrun rank other than 0
+        return None
+    (job, world), run = done, results.RunDir(out)
+    model, tokenizer, fcfg, state = load_checkpoint(out / "checkpoint")
+    save_checkpoint(out / "model", model, tokenizer, fcfg, {"step": state["step"], "fingerprint": job["fingerprint"]},
                     half=True)
     model, tokenizer, fcfg, _ = load_checkpoint(out / "model")  # evaluate exactly what is committed
     reports = {s: evaluate(model, tokenizer, corpus[s], fcfg) for s in cfg.eval_splits if s in corpus}
     user = reports.get("user_test", {})
     summary = {
-        "profile": cfg.profile,
-        "preset": cfg.preset,
-        "head": model.config.head,
-        "units": tokenizer.kind,
-        "params": count_parameters(model)["total"],
-        "params_by_component": count_parameters(model),
-        "train_seconds": round(state["trained_seconds"], 1),
-        "steps": state["step"],
-        "workers": world,
-        "fingerprint": fingerprint,
-        "corpus": str(cfg.corpus_path()),
+        "profile": cfg.profile, "preset": cfg.preset, "head": model.config.head, "units": tokenizer.kind,
+        "params": count_parameters(model)["total"], "params_by_component": count_parameters(model),
+        "train_seconds": round(state["trained_seconds"], 1), "steps": state["step"], "workers": world,
+        "fingerprint": job["fingerprint"], "corpus": str(cfg.corpus_path()),
         "wer": {"proxy": reports.get("proxy_test", {}).get("wer"), "user": user.get("wer"),
                 "new_terms": user.get("subsets", {}).get("new_terms", {}).get("wer"),
                 "user_no_terms": user.get("subsets", {}).get("no_terms", {}).get("wer"),
                 "real": reports.get("real", {}).get("wer")},
         "cer": {"proxy": reports.get("proxy_test", {}).get("cer"), "user": user.get("cer"),
                 "real": reports.get("real", {}).get("cer")},
-        "reports": reports,
-        "synthetic_speech": data_lib.is_synthetic(cfg.corpus_path()),
+        "reports": reports, "synthetic_speech": data_lib.is_synthetic(cfg.corpus_path()),
     }
     run.write_summary(summary)
     return run
 
 
-def ensure_seed(cfg: SeedConfig, out: str | Path = "results/seed") -> results.RunDir:
+def ensure_seed(cfg: SeedConfig, out: str | Path = "results/seed") -> results.RunDir | None:
     """Return the seed run in ``out``, training it first only if it is missing or stale
-    (made with another config or corpus: `seed_fingerprint`)."""
+    (made with another config or corpus: `seed_fingerprint`). Under torchrun rank 0 decides for all ranks."""
+    cfg = replace(cfg, train=replace(cfg.train, workers=distributed.world_size(cfg.train.workers)))
     summary_path = Path(out) / "summary.json"
-    if summary_path.exists() and json.loads(summary_path.read_text()).get("fingerprint") == seed_fingerprint(cfg):
+    fresh = summary_path.exists() and json.loads(summary_path.read_text()).get("fingerprint") == seed_fingerprint(cfg)
+    if not distributed.from_rank0(fresh):
+        return train_seed(cfg, out)
+    if distributed.is_rank0():
         print(f"seed: {summary_path} is up to date with this config and corpus; not retraining")
         return results.RunDir(Path(out))
-    return train_seed(cfg, out)
+    return None
 
 
 def cli_main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m fedasr.train", description="Train the seed model centrally.")
+    ap = argparse.ArgumentParser(prog="python -m fedasr.train", description="Train the seed model centrally.",
+                                 epilog="Under torchrun its world size replaces train.workers.")
     ap.add_argument("--config", help="TOML config, e.g. configs/seed/quick.toml (Default: built-in defaults)")
     ap.add_argument("--out", default="results/seed", help="run folder (Default: results/seed)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -441,9 +435,13 @@ def cli_main(argv: Sequence[str] | None = None) -> None:
         cfg = config_lib.load(SeedConfig, args.config, config_lib.parse_overrides(args.set))
     except config_lib.ConfigError as e:
         ap.error(str(e))
-    run = ensure_seed(cfg, args.out) if args.if_stale else train_seed(cfg, args.out, resume=args.resume)
-    s = run.summary()
-    print(json.dumps({k: s[k] for k in ("profile", "preset", "params", "train_seconds", "wer", "cer")}, indent=2))
+    try:
+        run = ensure_seed(cfg, args.out) if args.if_stale else train_seed(cfg, args.out, resume=args.resume)
+    finally:
+        distributed.leave()
+    if run is not None:  # rank 0 (or the only process)
+        s = run.summary()
+        print(json.dumps({k: s[k] for k in ("profile", "preset", "params", "train_seconds", "wer", "cer")}, indent=2))
 
 
 if __name__ == "__main__":
