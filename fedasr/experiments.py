@@ -265,9 +265,13 @@ def _mean_rows(per_seed: list[list[dict]]) -> list[dict]:
 
 def _write_evidence(exp: QualityExperiment, per_seed: list[dict], root: Path) -> str | None:
     """``evidence.json`` from every run's first and last hypotheses (`fedasr.quality_evidence`); None (and a
-    printed reason) where runs made before hypotheses were recorded lack them."""
+    printed reason) where runs made before hypotheses were recorded lack them, or no test split was evaluated."""
     from fedasr import quality_evidence
 
+    tests = sorted({split for split, _, _ in quality_evidence.METRICS.values()})
+    if not set(tests) & set(exp.task.eval_splits):  # a dev screen (dev_selection) reads no test split: nothing to score
+        print(f"{exp.experiment}: no evidence.json: it evaluates {list(exp.task.eval_splits)}, none of {tests}")
+        return None
     files: dict[str, list[Path]] = {"seed": []}
     for p in per_seed:
         first = next(iter(p["runs"].values()))

@@ -42,3 +42,23 @@ def test_runs_from_different_seed_models_are_refused(tmp_path):
     (tmp_path / "screen" / "b" / "rounds.jsonl").write_text(rows)
     with pytest.raises(ValueError, match="round 0 differs"):
         dev_selection.select(tmp_path, "screen", ["a", "b"])
+
+
+def test_the_committed_headline_config_is_the_dev_screens_choice():
+    """configs/quality/headline.toml must carry what results/quality-dev/selection.json chose (α, server lr, rounds),
+    and declare the dev splits it was chosen on; its test splits are read at the end of the run only."""
+    import tomllib
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    sel_path, cfg_path = repo / "results/quality-dev/selection.json", repo / "configs/quality/headline.toml"
+    if not (sel_path.exists() and cfg_path.exists()):
+        pytest.skip("the dev screen or the headline config is not committed yet")
+    chosen = json.loads(sel_path.read_text())["chosen"]
+    cfg = tomllib.loads(cfg_path.read_text())
+    variant = cfg["variants"][list(cfg["variants"])[-1]]  # the last row is the headline
+    fed = {**cfg["fed"], **variant.get("fed", {})}
+    assert fed["central-mix"] == chosen["fed"]["central-mix"] and fed["server-lr"] == chosen["fed"]["server-lr"]
+    assert fed["num-rounds"] == chosen["round"] and fed["eval-every"] == chosen["round"]  # test read once, at the end
+    assert {"user_dev", "user_heldout_dev", "proxy_dev"} <= set(cfg["tuned_on"])
+    assert set(cfg["task"]["eval-splits"]) == {"user_test", "user_heldout", "proxy_test"}
