@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fedasr import results
 
-__all__ = ["RULE", "candidates", "select"]
+__all__ = ["RULE", "candidates", "limits", "select"]
 
 RULE = ("keep (candidate, round) with wer_proxy_dev <= seed * (1 + bound); take the lowest wer_user_dev; "
         "ties: fewer rounds. Round 0 (the seed model) is not a candidate.")
@@ -62,4 +62,29 @@ def select(root: str | Path, experiment: str, variants: Sequence[str], bound: fl
            "candidates": {v: rows[1:] for v, rows in curves.items()}, "chosen": chosen,
            "note": None if chosen else "no (candidate, round) kept the proxy bound: nothing chosen"}
     results.write_json(exp_dir / "selection.json", out)
+    return out
+
+
+def limits(root: str | Path, experiment: str = "quality-dev") -> list[str]:
+    """What the dev screen shows about the headline's ceiling (report lines, generated from ``selection.json``): the
+    best user-domain gain found within the proxy bound, the best without it, and where each candidate's user-domain
+    WER stopped falling."""
+    path = Path(root) / experiment / "selection.json"
+    if not path.exists():
+        return []
+    sel = results.read_json(path)
+    user, proxy = sel["metrics"]["user"], sel["metrics"]["proxy"]
+    seed, ch = sel["seed"], sel["chosen"]
+
+    def rel(v: float) -> str:
+        return f"{100 * (v / seed[user] - 1):+.1f}%"
+    best = min((r[user], r["round"], v, r[proxy]) for v, rows in sel["candidates"].items() for r in rows)
+    stops = ", ".join(f"`{v}` at round {min(rows, key=lambda r: (r[user], r['round']))['round']}"
+                      for v, rows in sel["candidates"].items())
+    out = [f"On the dev splits ({path.parent.name}/selection.json), the largest user-domain gain within the proxy "
+           f"bound was {rel(ch[user])} (`{ch['variant']}`, round {ch['round']})" if ch else
+           "On the dev splits no candidate kept the proxy bound"]
+    out[0] += (f"; the largest at any proxy cost {rel(best[0])} (`{best[2]}`, round {best[1]}, proxy "
+               f"{100 * (best[3] / seed[proxy] - 1):+.1f}%). Lowest user-domain WER of each candidate: {stops} "
+               f"(evaluated every {sel['candidates'][next(iter(sel['candidates']))][0]['round']} rounds).")
     return out

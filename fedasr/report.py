@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedasr import evidence, quality_evidence, report_reliability, tables
+from fedasr import dev_selection, evidence, quality_evidence, report_reliability, tables
 from fedasr.results import REPO_ROOT
 from fedasr.tables import _pct, _where
 
@@ -351,6 +351,8 @@ def _e5(root: Path) -> Claim:
     c.checks += [Check(f"headline `{h['headline']}` (chosen on {', '.join(h['tuned_on'])}) {m}: {_rel(x['delta_rel'])} vs "
                        f"the seed (95% CI {_rel(x['ci95'][0])} to {_rel(x['ci95'][1])}; target {_bound(x['target'])})",
                        x["met"]) for m, x in h["metrics"].items()] if h else []
+    if h and not all(x["met"] for x in h["metrics"].values()):
+        c.why.extend(dev_selection.limits(root))
     sweeps = [x for e in ("quality-lr", "quality-mixing") for x in _within_bound(root, e, bound)]
     (c.details if t["met"]["wer_proxy"] else c.why).extend(sweeps)
     return c

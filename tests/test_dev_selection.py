@@ -29,6 +29,16 @@ def test_lowest_user_wer_within_the_proxy_bound_and_ties_to_fewer_rounds(tmp_pat
     assert [r["round"] for r in out["candidates"]["slow"]] == [20, 40, 60]  # round 0 is not a candidate
 
 
+def test_limits_name_the_best_gain_within_the_bound_and_at_any_cost(tmp_path):
+    _run(tmp_path, "fast", {20: (0.40, 0.45), 40: (0.35, 0.46)})
+    _run(tmp_path, "slow", {20: (0.44, 0.41), 40: (0.42, 0.411)})
+    dev_selection.select(tmp_path, "screen", ["fast", "slow"], bound=0.03)
+    (line,) = dev_selection.limits(tmp_path, "screen")
+    assert "within the proxy bound was -16.0% (`slow`, round 40)" in line
+    assert "at any proxy cost -30.0% (`fast`, round 40, proxy +15.0%)" in line
+    assert dev_selection.limits(tmp_path, "absent") == []
+
+
 def test_nothing_within_the_bound_chooses_nothing_and_says_so(tmp_path):
     _run(tmp_path, "fast", {20: (0.40, 0.45)})
     out = dev_selection.select(tmp_path, "screen", ["fast"], bound=0.03)
