@@ -172,9 +172,9 @@ class FedAsrStrategy(FedAvg):
             arrays = ArrayRecord({k: Array(v) for k, v in enc.items()})
             base[DOWNLOAD_META] = meta
         self._sent = []
-        largest_first = self.cost_of is not None and self.node_order is not None
-        spread = dispatch.assign_nodes(sampled, self.node_order if largest_first else nodes,
-                                       self.cost_of if largest_first else None)
+        # largest first once the engine's node order is known (start(), when cost_of is set); else in sampling order
+        spread = (dispatch.assign_nodes(sampled, self.node_order, self.cost_of) if self.node_order is not None
+                  else dispatch.assign_nodes(sampled, nodes, None))
         for i, cid in enumerate(sampled):
             node = self.hosts[cid] if self.hosts is not None else spread[i]
             cfg = ConfigRecord({**base, "client-id": cid,
