@@ -268,9 +268,9 @@ def _write_evidence(exp: QualityExperiment, per_seed: list[dict], root: Path) ->
     printed reason) where runs made before hypotheses were recorded lack them, or no test split was evaluated."""
     from fedasr import quality_evidence
 
-    tests = sorted({split for split, _, _ in quality_evidence.METRICS.values()})
-    if not set(tests) & set(exp.task.eval_splits):  # a dev screen (dev_selection) reads no test split: nothing to score
-        print(f"{exp.experiment}: no evidence.json: it evaluates {list(exp.task.eval_splits)}, none of {tests}")
+    found = quality_evidence.metric_table(exp.task.eval_splits)  # test splits, else their dev twins (an analysis)
+    if found is None:
+        print(f"{exp.experiment}: no evidence.json: it evaluates {list(exp.task.eval_splits)}, no test or dev twin")
         return None
     files: dict[str, list[Path]] = {"seed": []}
     for p in per_seed:
@@ -282,7 +282,7 @@ def _write_evidence(exp: QualityExperiment, per_seed: list[dict], root: Path) ->
     if missing:
         print(f"{exp.experiment}: no evidence.json: {len(missing)} runs lack hypotheses (e.g. {missing[0]})")
         return None
-    ev = quality_evidence.build(files, exp.task.corpus, exp.seeds, exp.tuned_on)
+    ev = quality_evidence.build(files, exp.task.corpus, exp.seeds, exp.tuned_on, splits=found[1])
     return results.relative_to_repo(str(results.write_json(root / "evidence.json", ev)))
 
 

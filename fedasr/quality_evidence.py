@@ -41,6 +41,20 @@ METRICS: dict[str, tuple[str, bool, str]] = {
 }
 
 
+# The dev twins of the test splits: an analysis on dev splits only (e.g. configs/quality/wca_hetero.toml) scores the
+# same metrics there, and its evidence.json says so ("splits": "dev").
+DEV_TWINS = {"user_test": "user_dev", "user_heldout": "user_heldout_dev", "proxy_test": "proxy_dev"}
+
+
+def metric_table(eval_splits: Sequence[str]) -> tuple[dict[str, tuple[str, bool, str]], str] | None:
+    """``(METRICS, "test")`` when an experiment evaluates a test split, the same metrics on the dev twins and
+    ``"dev"`` when it evaluates only dev splits, None when neither."""
+    if {split for split, _, _ in METRICS.values()} & set(eval_splits):
+        return METRICS, "test"
+    dev = {m: (DEV_TWINS[split], terms, kind) for m, (split, terms, kind) in METRICS.items()}
+    return (dev, "dev") if {split for split, _, _ in dev.values()} & set(eval_splits) else None
+
+
 def read_hypotheses(path: str | Path) -> dict[str, dict[str, str]]:
     """``{split: {utterance id: hypothesis}}`` from a hypotheses file."""
     out: dict[str, dict[str, str]] = {}
@@ -58,11 +72,12 @@ def read_hypotheses(path: str | Path) -> dict[str, dict[str, str]]:
 
 
 def run_scores(hyps: Mapping[str, Mapping[str, str]], refs: Mapping[str, Sequence[data_lib.Utterance]],
-               metrics: Sequence[str] = tuple(METRICS)) -> dict[str, evidence.Scores]:
+               metrics: Sequence[str] = tuple(METRICS),
+               table: Mapping[str, tuple[str, bool, str]] = METRICS) -> dict[str, evidence.Scores]:
     """Per-utterance scores of one evaluation for each metric (its split, restricted to new terms where due)."""
     out = {}
     for m in metrics:
-        split, terms_only, _ = METRICS[m]
+        split, terms_only, _ = table[m]
         utts = [u for u in refs[split] if u.terms or not terms_only]
         out[m] = evidence.utterance_scores({u.id: u.text for u in utts}, {u.id: u.terms for u in utts},
                                            hyps.get(split, {}), ids=[u.id for u in utts])
@@ -75,7 +90,7 @@ def _value(scores: evidence.Scores, metric: str) -> float:
 
 def build(runs: Mapping[str, Sequence[str | Path]], corpus: str | Path, seeds: Sequence[int],
           tuned_on: Sequence[str], headline: str | None = None, baseline: str = "no_refinement",
-          n_boot: int = 2000) -> dict:
+          n_boot: int = 2000, splits: str = "test") -> dict:
     """The evidence of an ablation.
 
     Args:
@@ -86,21 +101,23 @@ def build(runs: Mapping[str, Sequence[str | Path]], corpus: str | Path, seeds: S
         tuned_on: the splits the configuration's choices were made on.
         headline: the headline variant (default: the last of ``runs``).
         baseline: FL on the phones' own hypotheses, which the headline is also compared with.
+        splits: ``"test"`` (`METRICS`) or ``"dev"`` (the same metrics on `DEV_TWINS`: a dev-only analysis).
     """
+    table = METRICS if splits == "test" else {m: (DEV_TWINS[s], t, k) for m, (s, t, k) in METRICS.items()}
     names = list(runs)
     headline = headline or names[-1]
     for name, files in runs.items():
         if len(files) != len(seeds):
             raise ValueError(f"variant {name!r}: {len(files)} runs for {len(seeds)} seeds")
-    refs = data_lib.load_corpus(corpus, splits=sorted({METRICS[m][0] for m in METRICS}))
+    refs = data_lib.load_corpus(corpus, splits=sorted({table[m][0] for m in table}))
     hyps = {name: [read_hypotheses(f) for f in files] for name, files in runs.items()}
     # a metric needs its split in the corpus and in every evaluation (an experiment may evaluate fewer splits)
-    metrics = [m for m in METRICS if refs.get(METRICS[m][0]) and all(METRICS[m][0] in h for hs in hyps.values()
-                                                                     for h in hs)]
+    metrics = [m for m in table if refs.get(table[m][0]) and all(table[m][0] in h for hs in hyps.values()
+                                                                 for h in hs)]
     if not metrics:
         raise ValueError(f"no metric of {list(METRICS)} can be scored: their splits are not in {corpus} "
                          "or not in the runs' hypotheses")
-    scores = {name: [run_scores(h, refs, metrics) for h in hs] for name, hs in hyps.items()}
+    scores = {name: [run_scores(h, refs, metrics, table) for h in hs] for name, hs in hyps.items()}
     rows = []
     for name in names:
         row = {"variant": name, "n_seeds": len(seeds)}
@@ -112,14 +129,14 @@ def build(runs: Mapping[str, Sequence[str | Path]], corpus: str | Path, seeds: S
     comparisons = []
     for a, b in pairs:
         for m in metrics:
-            d = evidence.paired_delta([s[m] for s in scores[a]], [s[m] for s in scores[b]], METRICS[m][2],
+            d = evidence.paired_delta([s[m] for s in scores[a]], [s[m] for s in scores[b]], table[m][2],
                                       n_boot=n_boot)
             verdict = evidence.verdict(d["ci95"]) if len(seeds) >= MIN_SEEDS else \
                 f"not claimed: fewer than {MIN_SEEDS} seeds (the interval covers the test utterances only)"
             comparisons.append({"a": a, "b": b, "metric": m, "delta_rel": d, "verdict": verdict})
     return {"seeds": list(seeds), "tuned_on": list(tuned_on), "headline": headline,
-            "test_splits": {m: METRICS[m][0] + (" (utterances with new terms)" if METRICS[m][1] else "")
-                            for m in metrics},
+            "splits": splits, f"{splits}_splits": {m: table[m][0] + (" (utterances with new terms)" if table[m][1]
+                                                                       else "") for m in metrics},
             "utterances": {m: int(len(scores[names[0]][0][m].ids)) for m in metrics},
             "rows": rows, "comparisons": comparisons,
             "method": "rows: mean over seeds, Student-t 95% interval; comparisons: (b - a) / a of the pooled metric, "

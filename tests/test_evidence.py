@@ -121,3 +121,30 @@ def test_quality_evidence_rows_and_comparisons(tmp_path):
     assert pairs[("seed", "no_refinement", "wer_user")]["verdict"] == "no measurable difference"
     with pytest.raises(ValueError, match="2 runs for 3 seeds"):
         quality_evidence.build({"seed": runs["seed"][:2]}, tmp_path / "corpus", seeds=[0, 1, 2], tuned_on=[])
+
+
+def test_quality_evidence_on_the_dev_twins_of_the_test_splits(tmp_path):
+    """A dev-only analysis (configs/quality/wca_hetero.toml) scores the same metrics on user_dev, user_heldout_dev and
+    proxy_dev, and says so; an experiment that evaluates neither kind gets no table."""
+    import json
+
+    from fedasr import data, quality_evidence
+
+    refs = _corpus(tmp_path / "corpus")
+    root = tmp_path / "corpus"
+    for split, twin in quality_evidence.DEV_TWINS.items():  # the dev twins: the test manifests under dev names
+        utts = [u for u in data.load_corpus(root, splits=[split])[split]]
+        data.write_manifest(root / "manifests" / f"{twin}.jsonl",
+                            [data.Utterance(**{**u.__dict__, "split": twin}) for u in utts], root)
+    dev_refs = {quality_evidence.DEV_TWINS[s]: by_id for s, by_id in refs.items()}
+    bad, better = {"t1": "set timer", "h3": "navigate to"}, {}
+    runs = {"seed": [_hyps(tmp_path / f"s{k}" / "seed.jsonl", dev_refs, bad) for k in range(3)],
+            "filtering": [_hyps(tmp_path / f"s{k}" / "f.jsonl", dev_refs, better) for k in range(3)]}
+    ev = quality_evidence.build(runs, root, seeds=[0, 1, 2], tuned_on=[], n_boot=200, splits="dev")
+    assert ev["splits"] == "dev" and ev["dev_splits"]["wer_user"] == "user_dev" and "test_splits" not in ev
+    assert ev["rows"][0]["wer_user"]["mean"] == pytest.approx(1 / 6) and ev["rows"][1]["wer_user"]["mean"] == 0.0
+    table, kind = quality_evidence.metric_table(["user_dev", "proxy_dev"])
+    assert kind == "dev" and table["wer_proxy"][0] == "proxy_dev"
+    assert quality_evidence.metric_table(["user_test", "user_dev"])[1] == "test"
+    assert quality_evidence.metric_table(["real"]) is None
+    json.dumps(ev)
