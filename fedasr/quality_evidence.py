@@ -25,7 +25,8 @@ from pathlib import Path
 from fedasr import data as data_lib
 from fedasr import evidence
 
-__all__ = ["HEADLINE", "METRICS", "MIN_SEEDS", "TARGETS", "build", "headline", "read_hypotheses", "run_scores"]
+__all__ = ["DEV_TWINS", "HEADLINE", "METRICS", "MIN_SEEDS", "TARGETS", "build", "headline", "metric_table",
+           "read_hypotheses", "run_scores"]
 
 MIN_SEEDS = 3  # a difference is claimed only from at least this many seeds (one run is an anecdote)
 HEADLINE = "quality-headline"  # the experiment of the configuration chosen on dev splits (configs/quality/headline.toml)
