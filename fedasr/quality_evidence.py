@@ -159,7 +159,8 @@ def headline(root: str | Path, experiment: str = HEADLINE) -> dict | None:
     for m, bound in TARGETS.items():
         if m in cmp:
             d = cmp[m]["delta_rel"]
-            out["metrics"][m] = {"delta_rel": d["mean"], "ci95": d["ci95"], "target": bound, "met": d["mean"] <= bound,
+            out["metrics"][m] = {"seed": rows[ev["rows"][0]["variant"]][m]["mean"], "headline": rows[head][m]["mean"],
+                                 "delta_rel": d["mean"], "ci95": d["ci95"], "target": bound, "met": d["mean"] <= bound,
                                  "verdict": cmp[m].get("verdict")}
     if "term_recall" in rows.get(head, {}):
         out["term_recall"] = {"seed": rows[ev["rows"][0]["variant"]]["term_recall"]["mean"],

@@ -225,8 +225,7 @@ def headline_table(root: str | Path = RESULTS) -> list[str]:
     if not h:
         return []
     path = Path(root) / h["experiment"] / "evidence.json"
-    rows = {r["variant"]: r for r in _load(path)["rows"]}
-    seed, head = next(iter(rows)), h["headline"]
+    head = h["headline"]
     names = {"wer_user": "user WER (unseen users)", "wer_new_terms": "new-terms WER (seen users)",
              "wer_proxy": "proxy WER (server domain)"}
     out = _table(f"**Headline configuration, chosen on dev splits** (`{_where(path)}`; `{head}` against the seed model, "
@@ -235,7 +234,7 @@ def headline_table(root: str | Path = RESULTS) -> list[str]:
                  ("metric", "seed", head, "change [95% CI]", "target", "met"))
     for m, x in h["metrics"].items():
         lo, hi = x["ci95"]
-        out.append(f"| {names[m]} | {_pct(rows[seed][m]['mean'])} | {_pct(rows[head][m]['mean'])} | "
+        out.append(f"| {names[m]} | {_pct(x['seed'])} | {_pct(x['headline'])} | "
                    f"{100 * x['delta_rel']:+.1f}% [{100 * lo:+.1f}%, {100 * hi:+.1f}%] | "
                    f"{100 * x['target']:+.0f}% | {'yes' if x['met'] else 'no'} |")
     if "term_recall" in h:
