@@ -59,7 +59,7 @@ seed-full: ## the full profile's seed model (60 CPU-minutes) → results/seed-fu
 efficiency: setup  ## device-budget table at 129M (fresh process per row) → results/efficiency/
 	$(PY) bench/efficiency.py --config configs/efficiency/paper.toml
 
-efficiency-quality: seed  ## WER cost of the device-budget methods at small scale → results/efficiency-quality/
+efficiency-quality: seed  ## WER cost of the device-budget methods at small scale, 3 seeds → results/efficiency-quality/
 	$(PY) -c "from fedasr import config, experiments as e; e.run_federated_experiment(config.load(e.FederatedExperiment, 'configs/efficiency/quality_cost.toml'))"
 	$(PY) bench/efficiency.py --config configs/efficiency/paper.toml --summarize-only
 

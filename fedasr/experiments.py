@@ -23,8 +23,9 @@ from fedasr.federated.launch import run_simulation
 from fedasr.federated.ray_session import shared_ray
 from fedasr.refinement import FilterConfig
 
-__all__ = ["FederatedExperiment", "run_federated_experiment", "variant_rows", "relative_rows", "QualityExperiment",
-           "run_quality_experiment", "quality_rows", "quality_targets", "variant_config"]
+__all__ = ["FederatedExperiment", "run_federated_experiment", "finished_runs", "seed_summary", "variant_rows",
+           "relative_rows", "QualityExperiment", "run_quality_experiment", "quality_rows", "quality_targets",
+           "variant_config"]
 
 
 @dataclass
@@ -38,8 +39,14 @@ class FederatedExperiment:
     variants: dict[str, dict] = field(default_factory=lambda: {"fedsgd": {"fed": {"strategy": "fedsgd"}}})
     concurrency: int = 2  # clients trained at once (one core and one torch thread each)
     reference: str = ""  # a variant to compare the others with (bytes and WER; `relative_rows`), "" = none
+    # [] = one run per variant at fed.seed; [k, ...] = one run per variant and seed (fed.seed = k), several of them
+    # under results/<experiment>/seed<k>/ with means over seeds and paired intervals above them (`seed_summary`)
+    seeds: list[int] = field(default_factory=list)
+    tuned_on: list[str] = field(default_factory=list)  # the splits this config's choices were made on ([] = none)
 
     def __post_init__(self) -> None:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise config_lib.ConfigError(f"seeds: {self.seeds!r} must be distinct integers")
         for name in self.variants:  # a bad variant fails when the config is loaded, before any run starts
             variant_config(self, name)
         if self.reference and self.reference not in self.variants:
@@ -73,7 +80,14 @@ def run_federated_experiment(exp: FederatedExperiment, only: list[str] | None = 
         exp: the experiment.
         only: variant names to run (default: all).
         rerun: delete a variant's previous run folder first; ``False`` keeps finished runs as they are.
+
+    Returns:
+        variant → its run; with several ``seeds``, ``"seed<k>/<variant>"`` → the run of seed ``k``.
     """
+    if len(exp.seeds) > 1:
+        return _run_seeds(exp, only, rerun)
+    if exp.seeds:
+        exp = replace(exp, fed=replace(exp.fed, seed=exp.seeds[0]), seeds=[])
     configs = {name: variant_config(exp, name) for name in (only or list(exp.variants))}  # validate all first
     # on-device labels the clients hold: the seed model's hypotheses, computed once
     for cfg in configs.values():
@@ -102,13 +116,90 @@ def run_federated_experiment(exp: FederatedExperiment, only: list[str] | None = 
                   + ", ".join(f"{k} {v:.3f}" for k, v in sorted(final.items()) if k.startswith("wer")), flush=True)
     top = results.open_run(Path(exp.results_root) / exp.experiment, exp.experiment, exp, resume=True)
     rows = variant_rows(runs)
-    summary = {"variants": rows, "seed_model": train.checkpoint_provenance(exp.task.seed_model),
+    summary = {"variants": rows, "seed": exp.fed.seed, "tuned_on": list(exp.tuned_on),
+               "seed_model": train.checkpoint_provenance(exp.task.seed_model),
                "synthetic_speech": data_lib.is_synthetic(exp.task.corpus)}
     if exp.reference and any(r["variant"] == exp.reference for r in rows):
         summary["relative_to"] = exp.reference
         summary["relative"] = relative_rows(rows, exp.reference)
     top.write_summary(summary)
     return runs
+
+
+def _run_seeds(exp: FederatedExperiment, only: list[str] | None, rerun: bool) -> dict[str, results.RunDir]:
+    """Every variant once per seed (``results/<experiment>/seed<k>/``, each with its own summary), then
+    `seed_summary` above them."""
+    per_seed = {k: run_federated_experiment(replace(exp, experiment=f"{exp.experiment}/seed{k}", seeds=[],
+                                                    fed=replace(exp.fed, seed=k)), only, rerun) for k in exp.seeds}
+    top = results.open_run(Path(exp.results_root) / exp.experiment, exp.experiment, exp, resume=True)
+    top.write_summary(seed_summary(exp, per_seed))
+    return {f"seed{k}/{name}": run for k, runs in per_seed.items() for name, run in runs.items()}
+
+
+def seed_summary(exp: FederatedExperiment, per_seed: dict[int, dict[str, results.RunDir]]) -> dict[str, Any]:
+    """An experiment over seeds: ``variants`` as means over seeds (`variant_rows`' schema, ``n_seeds`` and every
+    seed's ``runs`` added), ``relative`` (`relative_rows` of those means, each row with the paired 95% interval
+    of its user-WER change and a verdict from ``evidence.json``) and ``per_seed`` folders.
+
+    A seed sets ``fed.seed``: which clients each round samples, the stochastic rounding of the codecs, the random
+    partial-training draws; the seed model, the labels and the test sets are the same for every seed."""
+    from fedasr import quality_evidence
+
+    root = Path(exp.results_root) / exp.experiment
+    rows = [_mean_variant_row(list(rs)) for rs in zip(*(variant_rows(runs) for runs in per_seed.values()))]
+    summary: dict[str, Any] = {
+        "variants": rows, "seeds": list(exp.seeds), "tuned_on": list(exp.tuned_on),
+        "per_seed": [{"seed": k, "folder": results.relative_to_repo(str(root / f"seed{k}"))} for k in per_seed],
+        "seed_model": train.checkpoint_provenance(exp.task.seed_model),
+        "synthetic_speech": data_lib.is_synthetic(exp.task.corpus)}
+    names = [r["variant"] for r in rows]
+    found = quality_evidence.metric_table(exp.task.eval_splits)
+    files: dict[str, list[Path]] = {"seed": [next(iter(runs.values())).hypotheses_path(0) for runs in per_seed.values()]}
+    for name in names:
+        files[name] = [runs[name].hypotheses_path(runs[name].summary().get("final_eval_round") or 0)
+                       for runs in per_seed.values()]
+    missing = [str(f) for fs in files.values() for f in fs if not f.exists()]
+    ev = None
+    if found and not missing:
+        others = [n for n in names if n != exp.reference]
+        ev = quality_evidence.build(files, exp.task.corpus, exp.seeds, exp.tuned_on, splits=found[1],
+                                    pairs=[(exp.reference, n) for n in others] if exp.reference else None,
+                                    max_utterances=exp.task.eval_max_utterances)
+        summary["evidence"] = results.relative_to_repo(str(results.write_json(root / "evidence.json", ev)))
+    else:
+        print(f"{exp.experiment}: no evidence.json: " + (f"{len(missing)} runs lack hypotheses (e.g. {missing[0]})"
+              if missing else f"it evaluates {list(exp.task.eval_splits)}, no test or dev twin"))
+    if exp.reference and exp.reference in names:
+        summary["relative_to"] = exp.reference
+        summary["relative"] = relative_rows(rows, exp.reference)
+        cmp = {c["b"]: c for c in (ev or {}).get("comparisons", []) if c["a"] == exp.reference and c["metric"] == "wer_user"}
+        for r in summary["relative"]:
+            if r["variant"] in cmp:
+                r.update(wer_user_rel_ci95=cmp[r["variant"]]["delta_rel"]["ci95"], verdict=cmp[r["variant"]]["verdict"])
+    return summary
+
+
+def _mean_variant_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant's `variant_rows` row averaged over seeds (metrics and bytes; failures summed)."""
+    def mean(dicts: list[dict | None]) -> dict[str, float] | None:
+        keys = [k for k in (dicts[0] or {}) if all(isinstance((d or {}).get(k), (int, float)) for d in dicts)]
+        return {k: sum(d[k] for d in dicts) / len(dicts) for k in keys} if dicts[0] is not None else None
+
+    def avg(key: str) -> float | None:
+        vals = [r.get(key) for r in rows]
+        return sum(vals) / len(vals) if all(isinstance(v, (int, float)) for v in vals) else None
+
+    return {"variant": rows[0]["variant"], "rounds": rows[0]["rounds"], "initial": mean([r["initial"] for r in rows]),
+            "final": mean([r["final"] for r in rows]), "bytes_down": avg("bytes_down"), "bytes_up": avg("bytes_up"),
+            "clients_failed": sum(r.get("clients_failed") or 0 for r in rows), "wall_s": avg("wall_s"),
+            "n_seeds": len(rows), "runs": [r["run"] for r in rows]}
+
+
+def finished_runs(exp: FederatedExperiment) -> dict[str, results.RunDir]:
+    """The runs of an earlier `run_federated_experiment` of ``exp``, from its ``summary.json``: variant → run (the
+    first seed's where several ran). Redraws figures without rerunning."""
+    s = results.read_json(Path(exp.results_root) / exp.experiment / "summary.json")
+    return {r["variant"]: results.RunDir(results.REPO_ROOT / (r.get("runs") or [r["run"]])[0]) for r in s["variants"]}
 
 
 def relative_rows(rows: list[dict[str, Any]], reference: str, max_wer_rel: float = 0.03) -> list[dict[str, Any]]:
@@ -282,7 +373,8 @@ def _write_evidence(exp: QualityExperiment, per_seed: list[dict], root: Path) ->
     if missing:
         print(f"{exp.experiment}: no evidence.json: {len(missing)} runs lack hypotheses (e.g. {missing[0]})")
         return None
-    ev = quality_evidence.build(files, exp.task.corpus, exp.seeds, exp.tuned_on, splits=found[1])
+    ev = quality_evidence.build(files, exp.task.corpus, exp.seeds, exp.tuned_on, splits=found[1],
+                                max_utterances=exp.task.eval_max_utterances)
     return results.relative_to_repo(str(results.write_json(root / "evidence.json", ev)))
 
 

@@ -91,7 +91,8 @@ def _value(scores: evidence.Scores, metric: str) -> float:
 
 def build(runs: Mapping[str, Sequence[str | Path]], corpus: str | Path, seeds: Sequence[int],
           tuned_on: Sequence[str], headline: str | None = None, baseline: str = "no_refinement",
-          n_boot: int = 2000, splits: str = "test") -> dict:
+          n_boot: int = 2000, splits: str = "test", pairs: Sequence[tuple[str, str]] | None = None,
+          max_utterances: int = 0) -> dict:
     """The evidence of an ablation.
 
     Args:
@@ -103,6 +104,10 @@ def build(runs: Mapping[str, Sequence[str | Path]], corpus: str | Path, seeds: S
         headline: the headline variant (default: the last of ``runs``).
         baseline: FL on the phones' own hypotheses, which the headline is also compared with.
         splits: ``"test"`` (`METRICS`) or ``"dev"`` (the same metrics on `DEV_TWINS`: a dev-only analysis).
+        pairs: the comparisons ``(a, b)`` to make (default: each row against the one before it, the headline
+            against the first row and against ``baseline``).
+        max_utterances: the server evaluated only the first N utterances of each split (``task.eval-max-utterances``;
+            0 = all): the same N are scored here.
     """
     table = METRICS if splits == "test" else {m: (DEV_TWINS[s], t, k) for m, (s, t, k) in METRICS.items()}
     names = list(runs)
@@ -110,7 +115,8 @@ def build(runs: Mapping[str, Sequence[str | Path]], corpus: str | Path, seeds: S
     for name, files in runs.items():
         if len(files) != len(seeds):
             raise ValueError(f"variant {name!r}: {len(files)} runs for {len(seeds)} seeds")
-    refs = data_lib.load_corpus(corpus, splits=sorted({table[m][0] for m in table}))
+    refs = {split: utts[: max_utterances or None]
+            for split, utts in data_lib.load_corpus(corpus, splits=sorted({table[m][0] for m in table})).items()}
     hyps = {name: [read_hypotheses(f) for f in files] for name, files in runs.items()}
     # a metric needs its split in the corpus and in every evaluation (an experiment may evaluate fewer splits)
     metrics = [m for m in table if refs.get(table[m][0]) and all(table[m][0] in h for hs in hyps.values()
@@ -124,9 +130,13 @@ def build(runs: Mapping[str, Sequence[str | Path]], corpus: str | Path, seeds: S
         row = {"variant": name, "n_seeds": len(seeds)}
         row.update({m: evidence.mean_ci([_value(s[m], m) for s in scores[name]]) for m in metrics})
         rows.append(row)
-    pairs = list(zip(names, names[1:]))
-    pairs += [(a, headline) for a in (names[0], baseline)
-              if a in scores and (a, headline) not in pairs and a != headline]
+    if pairs is None:
+        pairs = list(zip(names, names[1:]))
+        pairs += [(a, headline) for a in (names[0], baseline)
+                  if a in scores and (a, headline) not in pairs and a != headline]
+    unknown = sorted({x for pair in pairs for x in pair} - set(scores))
+    if unknown:
+        raise ValueError(f"comparisons name {unknown}, which are not among the runs ({names})")
     comparisons = []
     for a, b in pairs:
         for m in metrics:

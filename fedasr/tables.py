@@ -164,19 +164,28 @@ def efficiency_table(root: str | Path = RESULTS, experiment: str = "efficiency")
 
 
 def quality_cost_table(root: str | Path = RESULTS, experiment: str = "efficiency-quality") -> list[str]:
-    """The small-scale quality-cost variants (``summary.json`` of configs/efficiency/quality_cost.toml's runs)."""
+    """The small-scale quality-cost variants (``summary.json`` of configs/efficiency/quality_cost.toml's runs; means
+    over seeds with the paired 95% interval of each row's user-WER change where several seeds ran)."""
     folder = Path(root) / experiment
     s = _load(folder / "summary.json")
     if not s:
         return []
-    out = _table(f"**Quality cost of the device-budget methods at small scale** (`{_where(folder)}/`, notebook 03; "
-                 f"FedSGD, every row with the same oracle labels, server evaluation on {_eval_scope(folder)}):",
-                 ("variant", "rounds", "user WER (start → end)", f"vs {s.get('relative_to') or 'uncompressed'}",
-                  "proxy WER (end)", "MiB down", "MiB up", "bytes vs fp32"))
+    seeds = s.get("seeds") or [s.get("seed", 0)]
+    what = (f"mean over {len(seeds)} seeds ({', '.join(map(str, seeds))}), the change with its paired 95% interval "
+            "and a verdict" if len(seeds) > 1 else "one seed: no difference is claimed from it")
+    ref = s.get("relative_to") or "uncompressed"
+    out = _table(f"**Quality cost of the device-budget methods at small scale** (`{_where(folder)}/`, "
+                 f"`make efficiency-quality`, notebook 03; FedSGD, every row with the same oracle labels, server "
+                 f"evaluation on {_eval_scope(folder)}; {what}):",
+                 ("variant", "rounds", "user WER (start → end)", f"vs {ref}", "proxy WER (end)", "MiB down", "MiB up",
+                  "bytes vs fp32"))
     rel = {r["variant"]: r for r in s.get("relative", [])}
     for r in s["variants"]:
         i, f, x = r["initial"] or {}, r["final"] or {}, rel.get(r["variant"], {})
         vs = f"{100 * x['wer_user_rel']:+.1f}%" if x else ""
+        if x.get("wer_user_rel_ci95") and r["variant"] != ref:
+            lo, hi = x["wer_user_rel_ci95"]
+            vs += f" [{100 * lo:+.1f}, {100 * hi:+.1f}] {x.get('verdict', '')}".rstrip()
         ratio = f"{x['transport_ratio']:.3f}" if x else ""
         out.append(f"| {r['variant']} | {r['rounds']} | {_pct(i.get('wer_user'))} → {_pct(f.get('wer_user'))} | {vs} | "
                    f"{_pct(f.get('wer_proxy'))} | {r['bytes_down'] / MiB:.0f} | {r['bytes_up'] / MiB:.0f} | {ratio} |")

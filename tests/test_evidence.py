@@ -148,3 +148,50 @@ def test_quality_evidence_on_the_dev_twins_of_the_test_splits(tmp_path):
     assert quality_evidence.metric_table(["user_test", "user_dev"])[1] == "test"
     assert quality_evidence.metric_table(["real"]) is None
     json.dumps(ev)
+
+
+def test_an_experiment_over_seeds_has_means_and_paired_intervals_against_its_reference(tmp_path):
+    """`experiments.seed_summary` (configs/efficiency/quality_cost.toml, seeds 0-2): means over seeds in the variant
+    rows' schema, `relative` rows with the paired interval and verdict of the user-WER change, scored on the first
+    ``eval-max-utterances`` utterances only (what the server evaluated)."""
+    import json
+
+    from fedasr import asr_task, experiments, results
+
+    refs = _corpus(tmp_path / "corpus")
+    first = {s: dict(list(by_id.items())[:1]) for s, by_id in refs.items()}  # eval-max-utterances = 1
+    ref_final = {"t1": "set a time", "p1": "what is the whether"}  # 1 error in 3 words, 1 in 4
+    worse = {"t1": "set time", "p1": "what is weather today", "t2": "utterly wrong words here"}  # 2 in 3, 2 in 4;
+    # t2 is never evaluated (the server's first utterance of each split only)
+    task = asr_task.ASRTaskConfig(corpus=str(tmp_path / "corpus"), seed_model=str(results.REPO_ROOT / "results/seed/model"),
+                                  eval_splits=["user_test", "proxy_test"], eval_max_utterances=1)
+    exp = experiments.FederatedExperiment(experiment="cost", results_root=str(tmp_path / "results"), task=task,
+                                          variants={"uncompressed": {}, "omc4": {"fed": {"omc": {"bits": 4}}}},
+                                          reference="uncompressed", seeds=[0, 1, 2])
+    per_seed = {}
+    for k in exp.seeds:
+        per_seed[k] = {}
+        for name, wer in (("uncompressed", 0.2), ("omc4", 0.25 + 0.01 * k)):
+            run = results.RunDir(tmp_path / "results" / "cost" / f"seed{k}" / name)
+            _hyps(run.hypotheses_path(0), first, worse)
+            _hyps(run.hypotheses_path(2), first, worse if name == "omc4" else ref_final)
+            run.path.joinpath("summary.json").write_text(json.dumps(
+                {"rounds_completed": 2, "final_eval_round": 2, "initial_eval": {"wer_user": 0.25},
+                 "final_eval": {"wer_user": wer, "wer_proxy": 0.1}, "bytes_down_total": 100 if name == "omc4" else 400,
+                 "bytes_up_total": 400, "clients_failed": 0, "wall_s_total": 1.0}))
+            per_seed[k][name] = run
+    s = experiments.seed_summary(exp, per_seed)
+    rows = {r["variant"]: r for r in s["variants"]}
+    assert rows["omc4"]["final"]["wer_user"] == pytest.approx(0.26) and rows["omc4"]["n_seeds"] == 3
+    assert len(rows["omc4"]["runs"]) == 3 and s["seeds"] == [0, 1, 2] and s["tuned_on"] == []
+    rel = {r["variant"]: r for r in s["relative"]}
+    assert rel["omc4"]["transport_ratio"] == pytest.approx(500 / 800) and not rel["omc4"]["within_3pct"]
+    assert rel["omc4"]["verdict"] == "higher" and rel["omc4"]["wer_user_rel_ci95"] == pytest.approx([1.0, 1.0])
+    ev = json.loads((tmp_path / "results" / "cost" / "evidence.json").read_text())
+    assert ev["utterances"]["wer_user"] == 1  # t2 was not evaluated, so it is not scored as deletions
+    assert {(c["a"], c["b"]) for c in ev["comparisons"]} == {("uncompressed", "omc4")}
+    up = next(c for c in ev["comparisons"] if c["metric"] == "wer_proxy")
+    assert up["delta_rel"]["mean"] == pytest.approx(1.0)  # 2 errors in 4 words against 1 in 4
+    assert rel["omc4"]["wer_user_rel"] == pytest.approx(0.26 / 0.2 - 1)  # the means of the runs' own summaries
+    (tmp_path / "results" / "cost" / "summary.json").write_text(json.dumps(s))
+    assert experiments.finished_runs(exp)["omc4"].path == per_seed[0]["omc4"].path  # seed 0's run, to redraw
