@@ -19,7 +19,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
 .PHONY: help setup system-deps data summary seed seed-full efficiency efficiency-quality smoke deployment-demo \
-        federated reliability filter-calibration secagg ledger privacy-audit dp-quick import-librispeech import-commonvoice import-configs quality quality-seeds quality-mixing quality-lr quality-dev quality-headline bench seed-screens notebooks reproduce reproduce-teaching lab \
+        federated reliability filter-calibration secagg ledger privacy-audit dp-quick import-librispeech import-commonvoice import-configs quality quality-seeds quality-mixing quality-lr quality-dev quality-headline quality-wca bench seed-screens notebooks reproduce reproduce-teaching lab \
         compare test test-all test-gpu clean-data
 
 help:  ## list targets
@@ -124,6 +124,9 @@ quality-dev: seed  ## the headline's dev screen (configs/quality/dev_screen.toml
 
 quality-headline: seed  ## the configuration chosen on dev splits (configs/quality/headline.toml), seeds 0-2, test splits read once → results/quality-headline/evidence.json
 	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/headline.toml'))"
+
+quality-wca: seed  ## WCA when clients differ in correction quality (configs/quality/wca_hetero.toml: headline settings, κ 1.4, 3 seeds, dev splits only) → results/quality-wca-hetero/evidence.json
+	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/wca_hetero.toml'))"
 
 bench: setup  ## one fwd+bwd step per preset, and federation overhead → results/bench/
 	$(PY) bench/asr_step.py --out results/bench/asr_step.json

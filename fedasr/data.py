@@ -358,6 +358,18 @@ def is_synthetic(root: str | Path) -> bool:
     return not (path.exists() and "source" in json.loads(path.read_text()))
 
 
+def speech_note(root: str | Path) -> str:
+    """One italic markdown line saying what speech the corpus at ``root`` holds (notebooks print it under their
+    config, so a run on an imported corpus never claims to be synthetic)."""
+    path = Path(root) / "corpus.json"
+    if is_synthetic(root):
+        return (f"*All training speech in `{root}` is synthetic (TTS voices, `make data`); its `real` split, where "
+                "present, is one real speaker (the Asterisk telephone prompts), for evaluation only.*")
+    source = json.loads(path.read_text()).get("source") or {}
+    kind = source.get("kind") or "an imported source"
+    return f"*`{root}` is real speech imported from {kind} (`{path}`'s `source` block); no TTS voice is involved.*"
+
+
 def summarize_corpus(root: str | Path) -> dict:
     """Per-split counts, hours, speakers, clients, vocabulary and new-term coverage of a corpus.
 

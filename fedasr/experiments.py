@@ -261,10 +261,17 @@ class QualityExperiment:
     # the splits this configuration's choices (α, learning rate, rounds, filter thresholds, ...) were made on:
     # declared by whoever made them, recorded in summary.json and evidence.json (issue 18)
     tuned_on: list[str] = field(default_factory=list)
+    # evidence.json's paired comparisons [[a, b], ...] (names: "seed" or a variant); [] = each row against the one
+    # before it, and the last row against the seed and against "no_refinement" (`quality_evidence.build`)
+    compare: list[list[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise config_lib.ConfigError(f"seeds: {self.seeds!r} must be distinct integers, at least one")
+        for pair in self.compare:
+            if len(pair) != 2 or not set(pair) <= {"seed", *self.variants}:
+                raise config_lib.ConfigError(f"compare: {pair!r} is not a pair of 'seed' or variants "
+                                             f"({sorted(self.variants)})")
         for name, v in self.variants.items():
             unknown = set(v) - {"labels", "min-corrections", "fed"}
             if unknown:
@@ -374,7 +381,8 @@ def _write_evidence(exp: QualityExperiment, per_seed: list[dict], root: Path) ->
         print(f"{exp.experiment}: no evidence.json: {len(missing)} runs lack hypotheses (e.g. {missing[0]})")
         return None
     ev = quality_evidence.build(files, exp.task.corpus, exp.seeds, exp.tuned_on, splits=found[1],
-                                max_utterances=exp.task.eval_max_utterances)
+                                max_utterances=exp.task.eval_max_utterances,
+                                pairs=[tuple(p) for p in exp.compare] or None)
     return results.relative_to_repo(str(results.write_json(root / "evidence.json", ev)))
 
 

@@ -210,12 +210,15 @@ def _e3_quality(root: Path, c: Claim) -> Claim:
     rel = [x for x in q["relative"] if x["variant"] != q.get("relative_to")]
     omc = [x for x in rel if "omc" in x["variant"] and "partial" not in x["variant"]]
     part = sorted((x for x in rel if "partial" in x["variant"]), key=lambda x: x["wer_user_rel"])
-    small = []
+    small, n = [], len(q.get("seeds") or [q.get("seed", 0)])
+    runs = f"mean over {n} seeds" if n > 1 else "one run per variant"
     if omc:
         lo, hi = min(x["wer_user_rel"] for x in omc), max(x["wer_user_rel"] for x in omc)
-        c.checks.append(Check(f"every OMC variant within {_bound(COMPARABLE)} user WER of uncompressed: "
+        c.checks.append(Check(f"every OMC variant within {_bound(COMPARABLE)} user WER of uncompressed ({runs}): "
                               f"{_rel(lo)} to {_rel(hi)}", all(x["within_3pct"] for x in omc)))
-        small.append(f"OMC changes user WER by {_rel(lo)} to {_rel(hi)} vs uncompressed")
+        verdicts = "; ".join(f"`{x['variant']}` {x['verdict']}" for x in omc if x.get("verdict"))
+        small.append(f"OMC changes user WER by {_rel(lo)} to {_rel(hi)} vs uncompressed ({runs}"
+                     + (f"; paired 95% intervals: {verdicts}" if verdicts else "") + ")")
     if part:
         best, rounds = part[0], {v["variant"]: v["rounds"] for v in q.get("variants", [])}
         c.checks.append(Check(f"some partial-training variant within {_bound(COMPARABLE)}: best "
@@ -225,7 +228,7 @@ def _e3_quality(root: Path, c: Claim) -> Claim:
         if not best["within_3pct"]:
             c.why.append(f"Partial training updates part of the model per round; after {rounds.get(best['variant'])} "
                          f"small-scale rounds its best variant is still {_rel(best['wer_user_rel'])} behind "
-                         "uncompressed (one run per variant).")
+                         f"uncompressed ({runs}).")
     c.measured += ["At small scale " + "; ".join(small) + "."] if small else []
     return c
 
@@ -430,7 +433,7 @@ def render(results_root: str | Path = "results", report_path: str | Path = "resu
     missing = [f"- not run: {_make(e)}" for e, f in INPUTS.items() if not (root / e / f).exists()]
     out += [*(["", "## Other figures", *other] if other else []), "", "## What is not reproduced, and why", "",
             *_unreproduced(claims), *(["", "## Not run", "", *missing] if missing else [])]
-    return "\n".join(out + ["", tables.FOOTNOTE, ""])
+    return "\n".join(out + ["", tables.footnote(root), ""])
 
 
 def write(results_root: str | Path = "results", report_path: str | Path = "results/report.md") -> Path:

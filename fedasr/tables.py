@@ -28,13 +28,24 @@ from typing import Any, Sequence
 from fedasr.results import REPO_ROOT
 
 __all__ = ["RESULTS", "seed_table", "step_table", "federated_table", "efficiency_table", "quality_cost_table",
-           "quality_table", "headline_table", "evidence_markdown", "reproduce_line",
-           "results_markdown"]
+           "quality_table", "headline_table", "evidence_markdown", "reproduce_line", "evidence_targets_line",
+           "footnote", "results_markdown"]
 
 RESULTS = REPO_ROOT / "results"
 MiB = 2**20
-FOOTNOTE = ("All training speech is synthetic (TTS); WER is greedy decoding without a language model, so a "
-            "character model's word errors stay high where its CER is moderate.")
+FOOTNOTE = ("WER is greedy decoding without a language model, so a character model's word errors stay high where its "
+            "CER is moderate.")
+
+
+def footnote(root: str | Path = RESULTS) -> str:
+    """What speech the results under ``root`` were trained on (their summaries' ``synthetic_speech``), then `FOOTNOTE`."""
+    flags = {f.parent.name: v for f in sorted(Path(root).glob("*/summary.json"))
+             if isinstance(v := (_load(f) or {}).get("synthetic_speech"), bool)}
+    real = sorted(k for k, v in flags.items() if not v)
+    speech = ("All training speech is synthetic (TTS)" if flags and not real else
+              f"Results on real speech: {', '.join(f'`{k}`' for k in real)}; the others' training speech is synthetic "
+              "(TTS)" if real else "")
+    return (speech + "; " if speech else "") + FOOTNOTE
 
 
 def _load(path: Path) -> Any:
@@ -319,12 +330,33 @@ def reproduce_line(root: str | Path = RESULTS) -> list[str]:
     return ["", f"**The quick reproduction** (`{_where(Path(root) / 'reproduce.json')}`, profile `{r['profile']}`, "
             f"{r['cores']} cores): {r['wall_seconds'] / 60:.1f} min in all, of which {steps / 60:.1f} min corpus, "
             f"summary and seed checks and {sum(n['seconds'] for n in r['notebooks']) / 60:.1f} min of notebooks "
-            f"(minutes: {nbs})" + (f"; 15-minute load average at each notebook's end {loads}." if loads else ".")]
+            f"(minutes: {nbs})" + (f"; 15-minute load average at each notebook's end {loads}." if loads else "."),
+            *evidence_targets_line(root)]
+
+
+# evidence runs over seeds that do not fit the quick reproduction: make target → the experiment it writes
+EVIDENCE_TARGETS = {"efficiency-quality": "efficiency-quality", "quality-seeds": "quality",
+                    "quality-headline": "quality-headline", "quality-wca": "quality-wca-hetero"}
+
+
+def evidence_targets_line(root: str | Path = RESULTS) -> list[str]:
+    """The evidence targets outside ``make reproduce``, each with its federated runs' summed wall time (``wall_s_total``
+    of every run's ``summary.json``, as measured: the machine's load at the time is not recorded there)."""
+    parts = []
+    for target, experiment in EVIDENCE_TARGETS.items():
+        walls = [w for f in sorted((Path(root) / experiment).glob("**/summary.json"))
+                 if isinstance(w := (_load(f) or {}).get("wall_s_total"), (int, float))]
+        seeds = (_load(Path(root) / experiment / "summary.json") or {}).get("seeds") or [0]
+        if walls:
+            parts.append(f"`make {target}` {len(walls)} runs over {len(seeds)} seed{'s' * (len(seeds) > 1)}, "
+                         f"{sum(walls) / 60:.0f} min")
+    return ["", "Evidence runs over seeds have their own targets and are not part of it (federated runs, their summed "
+            "wall time on 2 cores): " + "; ".join(parts) + "."] if parts else []
 
 
 def results_markdown(root: str | Path = RESULTS) -> str:
     """Every table above, in the README's order, with the synthetic-speech footnote."""
     lines = ["", *seed_table(root), *step_table(root), *federated_table(root), *efficiency_table(root),
              *quality_cost_table(root), *quality_table(root), *headline_table(root), *reproduce_line(root), "",
-             FOOTNOTE]
+             footnote(root)]
     return "\n".join(lines)

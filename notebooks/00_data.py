@@ -27,8 +27,7 @@
 # channel conditions, the proxy vs user vocabulary and each client's new terms; then you can listen to
 # it and see the log-mel features the model gets.
 #
-# *All training speech is synthetic (TTS voices). The `real` split is one real speaker (the Asterisk
-# telephone prompts), for evaluation only.*
+# *Whether the speech is synthetic or real is printed from the corpus's `corpus.json` below.*
 
 # %% tags=["parameters"]
 corpus = "data/quick"  # corpus folder written by `make data`: data/tiny, data/quick or data/full
@@ -54,6 +53,7 @@ utts = data.load_corpus(corpus)
 clients = corpus_stats.load_clients(corpus)
 summary = data.summarize_corpus(corpus)  # the numbers `make summary` writes
 profile = summary["profile"]
+display(Markdown(data.speech_note(corpus)))
 display(Markdown(markdown_table(
     [{"split": split} | row for split, row in summary["splits"].items()],
     caption=f"**`{corpus}`**: profile `{profile}`, seed {summary['seed']}. OOV: share of a split's words "

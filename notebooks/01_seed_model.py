@@ -23,7 +23,7 @@
 # real-speech check. The gap between proxy and user/new-terms WER is what federated learning on
 # user corrections must close later.
 #
-# *All training speech is synthetic (TTS voices); `real` is one real speaker (Asterisk prompts).*
+# *Whether the speech is synthetic or real is printed from the corpus's `corpus.json` under the config below.*
 #
 # **Units and loss.** The quick profile uses **character CTC** with the `tiny` preset: calibration
 # on this machine showed that 256 word-pieces (CTC or RNN-T) and RNN-T in general do not leave the
@@ -59,13 +59,16 @@ import json
 
 import torch
 
-from fedasr import config, model, plotting, results, train
+from IPython.display import Markdown, display
+
+from fedasr import config, data, model, plotting, results, train
 
 cfg = config.load(train.SeedConfig, config_file, overrides)
 run_dir = nb.results / run_name
 tag = run_name.replace("-", "_")  # figure names: seed_training.png, seed_tiny_training.png, ...
 notebook.require(cfg.corpus_path() / "corpus.json", f"data PROFILE={cfg.profile}")
 print(config.to_dict(cfg))
+display(Markdown(data.speech_note(cfg.corpus_path())))
 
 # %% [markdown]
 # ## Model presets and their sizes (parameters counted, by component)

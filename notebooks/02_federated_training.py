@@ -26,7 +26,7 @@
 # transcript the seed model showed them (**its hypotheses** — no human labels). The paper's point,
 # reproduced in notebook 04, is that FL on such labels does not improve quality by itself.
 #
-# *All training speech is synthetic.*
+# *Whether the speech is synthetic or real is printed from the corpus's `corpus.json` under the config below.*
 
 # %% tags=["parameters"]
 # Parameters (papermill -p NAME VALUE); paths are relative to the repository root
@@ -86,7 +86,7 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from fedasr import config, experiments, plotting, tables
+from fedasr import config, data, experiments, plotting, tables
 
 exp = config.load(experiments.FederatedExperiment, config_file, {**overrides, "results-root": str(nb.results)})
 # the seed notebook 01 wrote below this results root, unless seed_model names one
@@ -95,6 +95,7 @@ profile = Path(exp.task.corpus).name
 notebook.require(Path(exp.task.corpus) / "corpus.json", f"data PROFILE={profile}")
 notebook.require(exp.task.seed_model, f"seed PROFILE={profile}")
 print(config.to_dict(exp))
+display(Markdown(data.speech_note(exp.task.corpus)))
 
 # %%
 runs = experiments.run_federated_experiment(exp, rerun=rerun)

@@ -37,7 +37,7 @@
 # row (α = 1) is the control: what the server's proxy data alone does in the same rounds, so the
 # difference to the other rows is what the clients' data and the refinement add.
 #
-# *All training speech is synthetic.*
+# *Whether the speech is synthetic or real is printed from the corpus's `corpus.json` under the config below.*
 
 # %% tags=["parameters"]
 # Parameters (papermill -p NAME VALUE); paths are relative to the repository root
@@ -56,7 +56,7 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from fedasr import config, experiments, plotting, results, tables
+from fedasr import config, data, experiments, plotting, results, tables
 
 exp = config.load(experiments.QualityExperiment, config_file, {**overrides, "results-root": str(nb.results)})
 # the seed notebook 01 wrote below this results root, unless seed_model names one
@@ -66,6 +66,7 @@ notebook.require(Path(exp.task.corpus) / "corpus.json", f"data PROFILE={profile}
 notebook.require(exp.task.seed_model, f"seed PROFILE={profile}")
 tag = exp.experiment.replace("-", "_")  # figure names: quality_wer.png, quality_tiny_wer.png, ...
 print(config.to_dict(exp))
+display(Markdown(data.speech_note(exp.task.corpus)))
 
 # %% [markdown]
 # ## One small example (a): a correction the filter keeps and one it drops

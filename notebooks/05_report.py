@@ -31,7 +31,8 @@
 # report is generated from a results file (`fedasr/report.py`), so rerunning this notebook after
 # `make reproduce` brings the report up to date.
 #
-# *All training speech is synthetic.*
+# *Whether each result's speech was synthetic or real is in its `summary.json` (`synthetic_speech`); the report's
+# footnote says which.*
 
 # %% tags=["parameters"]
 # Parameters (papermill -p NAME VALUE); paths are relative to the repository root

@@ -168,3 +168,24 @@ def test_write_then_read_manifest_round_trip(tmp_path):
 def test_load_corpus_requires_corpus_json(tmp_path):
     with pytest.raises(DataError, match="not a corpus"):
         data.load_corpus(tmp_path)
+
+
+def test_speech_note_follows_corpus_json(tmp_path):
+    """Notebooks print what speech a corpus holds from its corpus.json: never "synthetic" for an imported one."""
+    import json
+
+    from fedasr import data, tables
+
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "gen" / "corpus.json").write_text(json.dumps({"profile": "quick"}))
+    (tmp_path / "imp").mkdir()
+    (tmp_path / "imp" / "corpus.json").write_text(json.dumps({"source": {"kind": "librispeech", "path": "/x"}}))
+    assert "is synthetic" in data.speech_note(tmp_path / "gen")
+    note = data.speech_note(tmp_path / "imp")
+    assert "real speech imported from librispeech" in note and "synthetic" not in note
+    for name, flag in (("seed", True), ("quality", False)):
+        (tmp_path / "res" / name).mkdir(parents=True)
+        (tmp_path / "res" / name / "summary.json").write_text(json.dumps({"synthetic_speech": flag}))
+    assert tables.footnote(tmp_path / "res").startswith("Results on real speech: `quality`;")
+    (tmp_path / "res" / "quality" / "summary.json").write_text(json.dumps({"synthetic_speech": True}))
+    assert tables.footnote(tmp_path / "res").startswith("All training speech is synthetic (TTS);")

@@ -6,6 +6,7 @@ import pytest
 
 from fedasr import config, experiments
 from fedasr.config import ConfigError
+from fedasr.results import REPO_ROOT
 
 
 def test_variant_config_merges_and_validates(tmp_path):
@@ -52,6 +53,42 @@ def test_quality_experiment_rejects_unknown_variant_keys():
         experiments.QualityExperiment(variants={"v": {"label": "filtered"}})
     with pytest.raises(ConfigError, match="corrections.p-wrng"):
         config.from_dict(experiments.QualityExperiment, {"corrections": {"p-wrng": 0.1}})
+
+
+def test_every_committed_experiment_config_loads_and_compare_names_rows():
+    """configs/quality/*.toml and the quality-cost configs load (unknown keys, bad variants and bad `compare` pairs
+    fail when loaded, before any run)."""
+    for path in sorted((REPO_ROOT / "configs" / "quality").glob("*.toml")):
+        config.load(experiments.QualityExperiment, path)
+    for name in ("quality_cost", "quality_cost_tiny"):
+        config.load(experiments.FederatedExperiment, REPO_ROOT / "configs" / "efficiency" / f"{name}.toml")
+    wca = config.load(experiments.QualityExperiment, REPO_ROOT / "configs/quality/wca_hetero.toml")
+    assert ["filtering", "wca_frequency"] in wca.compare and wca.corrections.wrong_concentration > 0
+    with pytest.raises(ConfigError, match="compare"):
+        experiments.QualityExperiment(variants={"v": {}}, compare=[["seed", "w"]])
+    with pytest.raises(ConfigError, match="seeds"):
+        experiments.FederatedExperiment(seeds=[1, 1])
+
+
+@pytest.mark.slow
+def test_federated_experiment_over_seeds_writes_means_and_paired_intervals(fake_corpus, fake_seed, tmp_path):
+    exp = config.from_dict(experiments.FederatedExperiment, {
+        "results-root": str(tmp_path), "experiment": "cost", "seeds": [0, 1], "reference": "plain",
+        "task": {"corpus": str(fake_corpus), "seed-model": str(fake_seed / "model"), "labels": "truth",
+                 "eval-splits": ["user_test", "proxy_test"]},
+        "fed": {"strategy": "fedsgd", "num-rounds": 1, "clients-per-round": 2, "micro-batch": 4, "eval-every": 1},
+        "variants": {"plain": {}, "int8": {"fed": {"transport": {"upload": {"name": "int8_sr"}}}}}})
+    runs = experiments.run_federated_experiment(exp)
+    assert sorted(runs) == ["seed0/int8", "seed0/plain", "seed1/int8", "seed1/plain"]
+    s = json.loads((tmp_path / "cost" / "summary.json").read_text())
+    per = [json.loads((tmp_path / "cost" / f"seed{k}" / "summary.json").read_text()) for k in (0, 1)]
+    assert per[0]["seed"] == 0 and per[1]["seed"] == 1 and s["seeds"] == [0, 1]
+    mean = (per[0]["variants"][1]["final"]["wer_user"] + per[1]["variants"][1]["final"]["wer_user"]) / 2
+    assert s["variants"][1]["final"]["wer_user"] == pytest.approx(mean) and s["variants"][1]["n_seeds"] == 2
+    rel = {r["variant"]: r for r in s["relative"]}
+    assert len(rel["int8"]["wer_user_rel_ci95"]) == 2 and "verdict" in rel["int8"]
+    assert s["evidence"].endswith("cost/evidence.json")
+    assert experiments.finished_runs(exp)["int8"].path == tmp_path / "cost" / "seed0" / "int8"
 
 
 @pytest.mark.slow
