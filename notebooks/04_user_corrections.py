@@ -32,10 +32,14 @@
 # **Joint training with server data (Mixed FL).** The paper's introduction notes that FL "can also be
 # combined with centralized server training under a joint training framework"; without it our runs
 # forget the proxy domain. Every federated row therefore mixes, each round, an update on 64 of the
-# server's own proxy utterances into the step: (1 − α)·clients + α·server (`fed.central-mix`, α
-# chosen on `configs/quality/mixing.toml`, results in `results/quality-mixing/`). The `central_only`
+# server's own proxy utterances into the step: (1 − α)·clients + α·server (`fed.central-mix`). The `central_only`
 # row (α = 1) is the control: what the server's proxy data alone does in the same rounds, so the
 # difference to the other rows is what the clients' data and the refinement add.
+#
+# **Chosen on dev, read on test once.** α, the server learning rate, the number of rounds and the filter's threshold
+# are the headline configuration's, chosen on the dev splits (`make quality-dev`, `make filter-calibration`; the
+# config file says how). The test splits are evaluated at round 0 (the seed model) and at the last round only, so the
+# curves below have two points per row; the dev curves behind the choice are in `results/quality-dev/`.
 #
 # *Whether the speech is synthetic or real is printed from the corpus's `corpus.json` under the config below.*
 

@@ -54,14 +54,16 @@ def test_runs_from_different_seed_models_are_refused(tmp_path):
         dev_selection.select(tmp_path, "screen", ["a", "b"])
 
 
-def test_the_committed_headline_config_is_the_dev_screens_choice():
-    """configs/quality/headline.toml must carry what results/quality-dev/selection.json chose (α, server lr, rounds),
-    and declare the dev splits it was chosen on; its test splits are read at the end of the run only."""
+@pytest.mark.parametrize("name", ["headline", "quick"])
+def test_the_committed_headline_config_is_the_dev_screens_choice(name):
+    """configs/quality/headline.toml and the ablation's quick.toml (whose last row is the headline) must carry what
+    results/quality-dev/selection.json chose (α, server lr, rounds), and declare the dev splits it was chosen on; their
+    test splits are read at the end of the run only."""
     import tomllib
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    sel_path, cfg_path = repo / "results/quality-dev/selection.json", repo / "configs/quality/headline.toml"
+    sel_path, cfg_path = repo / "results/quality-dev/selection.json", repo / f"configs/quality/{name}.toml"
     if not (sel_path.exists() and cfg_path.exists()):
         pytest.skip("the dev screen or the headline config is not committed yet")
     chosen = json.loads(sel_path.read_text())["chosen"]
@@ -72,3 +74,6 @@ def test_the_committed_headline_config_is_the_dev_screens_choice():
     assert fed["num-rounds"] == chosen["round"] and fed["eval-every"] == chosen["round"]  # test read once, at the end
     assert {"user_dev", "user_heldout_dev", "proxy_dev"} <= set(cfg["tuned_on"])
     assert set(cfg["task"]["eval-splits"]) == {"user_test", "user_heldout", "proxy_test"}
+    assert fed["weighting"] == "frequency" and variant["labels"] == "filtered" and variant["min-corrections"] == 1
+    assert cfg["filter"]["max-char-edit"] == json.loads(
+        (repo / "results/quality/filter_calibration.json").read_text())["threshold"]  # the held-out choice
