@@ -214,8 +214,13 @@ def quality_table(root: str | Path = RESULTS, experiment: str = "quality") -> li
             "simulated users' corrections and the stochastic rounding); 95% intervals and paired comparisons in "
             "`results/report.md`" if len(seeds) > 1 else
             "one seed: fewer than 3, so no difference is claimed from it")
+    cfg = ((_load(folder / "config.json") or {}).get("config") or {})
+    fed, flt = cfg.get("fed") or {}, cfg.get("filter") or {}
+    settings = (f"α {fed.get('central-mix')}, server {fed.get('server-optimizer')} {fed.get('server-lr')}, "
+                f"max-char-edit {flt.get('max-char-edit')}, settings chosen on "
+                f"{', '.join((s or {}).get('tuned_on') or ['(not recorded)'])}; " if fed else "")
     out = _table(f"**Quality from simulated user corrections** (`{_where(folder / 'wer.json')}`, notebook 04; same "
-                 f"seed model, rounds and clients per round in every row; {what}):",
+                 f"seed model, rounds and clients per round in every row; {settings}{what}):",
                  ("variant", "rounds", "user WER (unseen users)", "new-terms WER (seen users)", "proxy WER"))
     for r in rows:
         out.append(f"| {r['variant']} | {r['rounds']} | {_pct(r['wer_user'])} | {_pct(r['wer_new_terms'])} | "
