@@ -11,6 +11,8 @@ preset (129M Conformer RNN-T) in a fresh process (`fedasr.memory.measure_peak` o
                             + zlib (int8 by default; int4 in configs/efficiency/paper.toml)
     +omc                    (§2.4.1) weights stored quantized (``omc``: 8-bit per variable by default, 4-bit
                             per channel in paper.toml), downloaded in that format, dequantized on use
+    +grad_stream            (issue 22) no whole-model fp32 gradient: each variable's gradient folded into an
+                            8-bit stochastic-rounding accumulator as backward makes it (``grad_stream``)
     +partial                (§2.4.2) ``partial``: the largest top-k block set whose analytic peak fits the
                             client's budget (``partial.budget-mib``)
 
@@ -52,12 +54,14 @@ from typing import Any, ClassVar
 import torch
 
 from fedasr import compression, fresh_runs, memory, omc, partial, plotting
-from fedasr import config as config_lib
 from fedasr.clients import DEVICE_TIERS
 from fedasr.compression import CodecConfig, TransportConfig
 from fedasr.data import Batch
+from fedasr.efficiency_p2 import check_quality_variant
+from fedasr.efficiency_p2 import p2_quality as _p2_quality
 from fedasr.federated.client_update import fedavg_client_update, fedsgd_client_update
 from fedasr.federated.config import FedConfig
+from fedasr.grad_stream import StreamConfig
 from fedasr.model import build_model, model_config
 from fedasr.omc import OMCConfig
 from fedasr.partial import PartialConfig
@@ -69,7 +73,8 @@ __all__ = ["STACK", "EfficiencyConfig", "budget_sweep", "check_quality_variant",
 
 ROOT = REPO_ROOT  # result paths in the config are relative to the repository root
 MiB = 1 << 20
-STACK = ("fedavg_adam", "fedsgd", "+small_batch", "+checkpointing", "+transport_compression", "+omc", "+partial")
+STACK = ("fedavg_adam", "fedsgd", "+small_batch", "+checkpointing", "+transport_compression", "+omc", "+grad_stream",
+         "+partial")
 
 
 def _transport() -> TransportConfig:
@@ -99,6 +104,8 @@ class EfficiencyConfig:
     client_lr: float = 1e-4  # fedavg_adam: local Adam learning rate (one step; memory does not depend on it)
     transport: TransportConfig = field(default_factory=_transport)  # +transport_compression: codec per direction
     omc: OMCConfig = field(default_factory=lambda: OMCConfig(bits=8))  # +omc: int8, per-variable affine, matrices only
+    # +grad_stream: the gradient accumulator's width and rounding (fedasr.grad_stream; the upload codec's format)
+    grad_stream: StreamConfig = field(default_factory=lambda: StreamConfig(enabled=True))
     # +partial: the budget policy; budget-mib = the client's memory budget (between fedasr.clients' mid and high tiers)
     partial: PartialConfig = field(default_factory=lambda: PartialConfig(policy="budget", budget_mib=768))
     rows: tuple[str, ...] = STACK  # which rows to run (always cumulative from the first)
@@ -137,7 +144,8 @@ def _stack(cfg: EfficiencyConfig) -> list[dict[str, Any]]:
     """Every row of `STACK` with ``cfg``'s settings, each the row above plus one technique."""
     s: dict[str, Any] = {"stack": "fedavg_adam", "strategy": "fedavg", "optimizer": "adam", "micro_batch": cfg.batch,
                          "checkpoint": False, "download": dataclasses.asdict(CodecConfig("none")),
-                         "upload": dataclasses.asdict(CodecConfig("none")), "omc": None, "budget_mib": None}
+                         "upload": dataclasses.asdict(CodecConfig("none")), "omc": None, "budget_mib": None,
+                         "grad_stream": None}
     steps = {
         "fedsgd": {"strategy": "fedsgd", "optimizer": "none"},
         "+small_batch": {"micro_batch": cfg.small_batch},
@@ -145,6 +153,7 @@ def _stack(cfg: EfficiencyConfig) -> list[dict[str, Any]]:
         "+transport_compression": {"download": dataclasses.asdict(cfg.transport.download),
                                    "upload": dataclasses.asdict(cfg.transport.upload)},
         "+omc": {"omc": dataclasses.asdict(cfg.omc)},
+        "+grad_stream": {"grad_stream": dataclasses.asdict(cfg.grad_stream)},
         "+partial": {"budget_mib": _mib(cfg.partial.budget_mib)},
     }
     rows = []
@@ -182,7 +191,8 @@ def _shape(row: dict[str, Any], common: dict[str, Any], download_copy_bytes: int
     return memory.RoundShape(
         batch=row["micro_batch"], frames=round(common["seconds"] * 100), tokens=common["tokens"],
         micro_batches=-(-common["utterances"] // row["micro_batch"]), optimizer=row["optimizer"],
-        delta_copy=row["strategy"] == "fedavg", download_bytes=download_copy_bytes, upload_bytes_per_param=per_param)
+        delta_copy=row["strategy"] == "fedavg", download_bytes=download_copy_bytes, upload_bytes_per_param=per_param,
+        grad_bits=row["grad_stream"]["bits"] if row.get("grad_stream") else 32)
 
 
 def _skeleton(preset: str, row: dict[str, Any]) -> torch.nn.Module:
@@ -223,20 +233,23 @@ def client_round(row: dict[str, Any], common: dict[str, Any], payload_path: str)
     micro = [Batch(*(f[i:i + b] for f in batch[:4]), batch.ids[i:i + b]) for i in range(0, len(batch.ids), b)]
     torch.manual_seed(common["seed"])  # dropout masks
     t1 = time.perf_counter()
-    if row["strategy"] == "fedsgd":
-        update = fedsgd_client_update(model, omc.resident_state(model), micro, "bench")
+    gen = torch.Generator().manual_seed(derive_seed(common["seed"], "upload"))
+    if row["strategy"] == "fedsgd":  # +grad_stream: the upload is encoded during backward
+        stream = (CodecConfig(**row["upload"]), StreamConfig(**row["grad_stream"]), gen) if row.get("grad_stream") \
+            else None
+        update = fedsgd_client_update(model, omc.resident_state(model), micro, "bench", stream)
     else:
         fcfg = FedConfig(strategy="fedavg", micro_batch=b, local_epochs=1, client_optimizer=row["optimizer"],
                          client_lr=common["client_lr"])
         update = fedavg_client_update(model, omc.resident_state(model), micro, fcfg, "bench")
     step_s = time.perf_counter() - t1
     t2 = time.perf_counter()
-    gen = torch.Generator().manual_seed(derive_seed(common["seed"], "upload"))
-    up = compression.compress(update.arrays, CodecConfig(**row["upload"]), gen)
+    up = update.encoded if update.encoded is not None else compression.compress(update.arrays,
+                                                                                 CodecConfig(**row["upload"]), gen)
     upload_bytes = compression.payload_bytes(up)
     encode_s = time.perf_counter() - t2
     return {"upload_bytes": upload_bytes, "step_seconds": step_s, "decode_seconds": decode_s,
-            "encode_seconds": encode_s, "loss": update.metrics["loss"], "trainable": sorted(update.arrays)}
+            "encode_seconds": encode_s, "loss": update.metrics["loss"], "trainable": sorted(up)}
 
 
 def _download(row: dict[str, Any], state: dict[str, torch.Tensor], preset: str, seed: int) -> compression.Payload:
@@ -260,60 +273,6 @@ def _measure(row: dict[str, Any], common: dict[str, Any], state: dict[str, torch
         m = memory.measure_peak("fedasr.efficiency:client_round",
                                 {"row": row, "common": common, "payload_path": str(path)}, timeout=timeout)
     return m, download_bytes
-
-
-def _codec_key(c: dict[str, Any]) -> dict[str, Any]:
-    """What P2's pairing compares of an upload codec (the grid's symmetry matters only for integer codes)."""
-    key = {"name": c["name"], "lossless": c["lossless"]}
-    if c["name"].startswith("int"):
-        key["symmetric"] = c["symmetric"]
-    return key
-
-
-def _omc_key(o: dict[str, Any] | None) -> dict[str, Any]:
-    """What P2's pairing compares of OMC (the transform matters only when weights are stored quantized)."""
-    if not o or not o["bits"]:
-        return {"bits": 0}
-    return {"bits": o["bits"], "transform": o["transform"]}
-
-
-def check_quality_variant(cfg: EfficiencyConfig, source: str | Path | None = None) -> FedConfig:
-    """Check that ``cfg.quality_variant`` federates with the same OMC and upload codec as ``cfg.p2_row``.
-
-    Loads the experiment ``cfg.quality_config`` (a `fedasr.experiments.FederatedExperiment`) and builds
-    the variant's `FedConfig`. Its ``omc`` (bits, transform) and ``transport.upload`` (name, symmetric,
-    lossless) must be the p2 row's (``cfg.omc`` and ``cfg.transport.upload`` for ``+omc`` and later rows),
-    since P2 pairs that row's bytes with the variant's WER.
-
-    Args:
-        cfg: the efficiency config (``quality_variant`` set).
-        source: the efficiency config's file, named in the error (default: "the efficiency config").
-
-    Returns:
-        The variant's `FedConfig`.
-
-    Raises:
-        ConfigError: the variant does not exist or differs (the message names both files).
-    """
-    from fedasr import experiments  # the ASR task and Flower launchers: only when P2 is paired
-
-    ours = f"{source}" if source is not None else "the efficiency config"
-    exp = config_lib.load(experiments.FederatedExperiment, ROOT / cfg.quality_config)
-    if cfg.quality_variant not in exp.variants:
-        raise config_lib.ConfigError(f"{ours}: quality-variant {cfg.quality_variant!r} is not a variant of "
-                                     f"{cfg.quality_config} ({sorted(exp.variants)})")
-    fed = experiments.variant_config(exp, cfg.quality_variant).fed
-    row = next(r for r in _stack(cfg) if r["stack"] == cfg.p2_row)
-    want = {"omc": _omc_key(row["omc"]), "transport.upload": _codec_key(row["upload"])}
-    got = {"omc": _omc_key(dataclasses.asdict(fed.omc)),
-           "transport.upload": _codec_key(dataclasses.asdict(fed.transport.upload))}
-    diff = [k for k in want if want[k] != got[k]]
-    if diff:
-        raise config_lib.ConfigError(
-            f"P2 pairs the {cfg.p2_row!r} row of {ours} with variant {cfg.quality_variant!r} of {cfg.quality_config}, "
-            f"but they differ in {diff}: {ours} has {({k: want[k] for k in diff})}, {cfg.quality_config} has "
-            f"{({k: got[k] for k in diff})}; make [omc] / [transport.upload] and [variants.{cfg.quality_variant}] agree")
-    return fed
 
 
 def run(cfg: EfficiencyConfig, source: str | Path | None = None) -> list[dict[str, Any]]:
@@ -416,20 +375,6 @@ def _write(cfg: EfficiencyConfig, rows: list[dict[str, Any]], fp32_bytes: int, m
     write_json(out_dir / "summary.json", summary)
     plotting.efficiency_memory(rows, ROOT / cfg.figure)
     return summary
-
-
-def _p2_quality(cfg: EfficiencyConfig) -> dict[str, Any] | None:
-    """The small-scale WER change of ``cfg.quality_variant`` vs its reference run (None if not run yet)."""
-    path = ROOT / cfg.quality_summary
-    if not cfg.quality_variant or not path.exists():
-        return None
-    q = json.loads(path.read_text())
-    row = next((r for r in q.get("relative", []) if r["variant"] == cfg.quality_variant), None)
-    if row is None:
-        return None
-    return {"variant": cfg.quality_variant, "reference": q.get("relative_to"), "summary": cfg.quality_summary,
-            "wer_user": row["wer_user"], "wer_user_rel": row["wer_user_rel"],
-            "small_scale_transport_ratio": row["transport_ratio"], "within_3pct": row["wer_user_rel"] <= 0.03}
 
 
 def budget_sweep(cfg: EfficiencyConfig, row: dict[str, Any]) -> list[dict[str, Any]]:

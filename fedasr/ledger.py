@@ -118,7 +118,8 @@ def check_budget(task: Any, model: Any, client_id: str, fed: Any, server_round: 
         raise ValueError("fed.ledger.enforce-budget needs a task that knows the client's device (memory_budget_bytes)")
     shape = dataclasses.replace(task.round_shape(client_id, fed.micro_batch),
                                 optimizer="none" if fed.strategy == "fedsgd" else fed.client_optimizer,
-                                delta_copy=fed.strategy == "fedavg")
+                                delta_copy=fed.strategy == "fedavg",
+                                grad_bits=fed.grad_stream.bits if fed.grad_stream.enabled else 32)
     names, _ = client_update.partial_selection(model, fed, server_round, client_id, task)
     trainable = names if names is not None else client_update.trainable_names(model)
     peak = int(memory.estimate(model, shape, trainable=trainable)["peak"])

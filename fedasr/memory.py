@@ -224,6 +224,8 @@ class RoundShape:
     download_bytes: int = 0  # encoded download held beside the decoded weights (0 when adopted as storage)
     upload_bytes_per_param: float = 0.0  # encoded upload per trained parameter, held beside the fp32 update
     # (int8: ~1, fp16: 2; 0 when the codec shares the update's storage, as fp32 "none" does)
+    grad_bits: int = 32  # bits per gradient value held between micro-batches: 32 = fp32 .grad; 8 or 16 =
+    # fedasr.grad_stream's accumulators (no fp32 update is formed: the accumulator is the upload)
 
 
 def _subsampled(frames: int) -> int:
@@ -331,14 +333,19 @@ def estimate(model: nn.Module, shape: RoundShape, trainable: Iterable[str] | Non
         phase. Phases: *download* = weights + encoded download; *backward* = weights + copy + activations
         + transient (+ gradients and optimizer state accumulated by earlier passes when there are
         several); *step* = weights + copy + gradients + optimizer; *upload* = weights + copy + optimizer
-        + gradients (if an optimizer ran) + the fp32 update + the encoded upload.
+        + gradients (if an optimizer ran) + the fp32 update + the encoded upload. With ``shape.grad_bits`` < 32
+        (`fedasr.grad_stream`) the gradients are the accumulators' codes, held through backward beside a fold's
+        transient (two fp32 copies of the largest trained variable), and no fp32 update is formed.
     """
     params = dict(model.named_parameters())
     trainable = {n for n, p in params.items() if p.requires_grad} if trainable is None else set(trainable)
     qnames = set(omc.quantized_names(model))
     p_train = sum(params[n].numel() for n in trainable)
     weights = omc.storage_bytes(model)["total"]
-    gradients = p_train * F32
+    gradients = p_train * shape.grad_bits // 8
+    streamed = shape.grad_bits < 32
+    # a streamed fold holds one variable's fp32 gradient and its dequantized accumulator at once
+    fold = 2 * max((params[n].numel() for n in trainable), default=0) * F32 if streamed else 0
     optimizer = {"none": 0, "sgd": 0, "momentum": 1, "adam": 2}[shape.optimizer] * p_train * F32
     if shape.delta_copy and qnames:
         copy = sum(omc._codes(model._omc.vars[n]).nbytes if n in qnames else params[n].numel() * F32
@@ -349,11 +356,11 @@ def estimate(model: nn.Module, shape: RoundShape, trainable: Iterable[str] | Non
     earlier = shape.micro_batches > 1
     phases = {
         "download": weights + shape.download_bytes,
-        "backward": weights + copy + acts["total"] + acts["transient"]
-        + (gradients + optimizer if earlier else 0),
+        "backward": weights + copy + acts["total"] + acts["transient"] + fold
+        + (gradients + optimizer if earlier or streamed else 0),
         "step": weights + copy + gradients + optimizer if shape.optimizer != "none" else 0,
-        "upload": weights + copy + optimizer + (gradients if shape.optimizer != "none" else 0)
-        + p_train * F32 + int(shape.upload_bytes_per_param * p_train),
+        "upload": weights + copy + optimizer + (gradients if shape.optimizer != "none" or streamed else 0)
+        + (0 if streamed else p_train * F32) + int(shape.upload_bytes_per_param * p_train),
     }
     detail = {k: v for k, v in acts.items() if k not in ("total", "transient")}
     return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "weight_copy": copy,

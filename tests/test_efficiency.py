@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fedasr import config, efficiency, fresh_runs
+from fedasr import config, efficiency, efficiency_p2, fresh_runs
 from fedasr.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,10 +107,10 @@ def test_p2_quality_reads_the_named_variant(tmp_path):
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary))
     cfg = efficiency.EfficiencyConfig(quality_summary=str(path), quality_variant="small")
-    q = efficiency._p2_quality(cfg)
+    q = efficiency_p2.p2_quality(cfg)
     assert q["variant"] == "small" and q["reference"] == "fp32" and q["within_3pct"] is False
-    assert efficiency._p2_quality(dataclasses.replace(cfg, quality_variant="missing")) is None
-    assert efficiency._p2_quality(dataclasses.replace(cfg, quality_summary=str(tmp_path / "none.json"))) is None
+    assert efficiency_p2.p2_quality(dataclasses.replace(cfg, quality_variant="missing")) is None
+    assert efficiency_p2.p2_quality(dataclasses.replace(cfg, quality_summary=str(tmp_path / "none.json"))) is None
 
 
 class FakeRounds:
@@ -163,9 +163,10 @@ def test_rows_run_side_by_side_and_the_p3_pair_alone(monkeypatch, tmp_path):
     assert [r["stack"] for r in rows] == list(efficiency.STACK)  # output in row order
     assert max(r["most_at_once"] for r in fake.runs) == 2  # two at a time, never more
     # every row once side by side, then the P3 pair's 2 repeats each, alone
-    assert [r["stack"] for r in fake.runs[7:]] == ["fedavg_adam"] * 2 + ["+partial"] * 2
-    assert sorted(r["stack"] for r in fake.runs[:7]) == sorted(efficiency.STACK)
-    assert all(not r["neighbours"] for r in fake.runs[7:])
+    n = len(efficiency.STACK)
+    assert [r["stack"] for r in fake.runs[n:]] == ["fedavg_adam"] * 2 + ["+partial"] * 2
+    assert sorted(r["stack"] for r in fake.runs[:n]) == sorted(efficiency.STACK)
+    assert all(not r["neighbours"] for r in fake.runs[n:])
     # the two heaviest rows (analytic peak: FedAvg+Adam, then FedSGD with batch 4) never side by side
     peaks = {r["stack"]: r["analytic"]["peak"] for r in rows}
     assert sorted(peaks, key=peaks.get)[-2:] == ["fedsgd", "fedavg_adam"]
@@ -179,12 +180,12 @@ def test_rows_run_side_by_side_and_the_p3_pair_alone(monkeypatch, tmp_path):
         i = efficiency.STACK.index(row["stack"])
         assert (row["peak_rss_bytes"], row["download_bytes"], row["loss"]) == ((10 - i) * 2**20, 2000 + i, 1.0 + i)
     first, last = rows[0], rows[-1]
-    for r, i in ((first, 0), (last, 6)):
+    for r, i in ((first, 0), (last, len(efficiency.STACK) - 1)):
         assert r["step_seconds_runs"][1:] == [4.0 + i, 3.0 + i] and r["step_seconds_runs_concurrent"][1:] == [False] * 2
         assert r["step_seconds"] == 3.0 + i and r["step_concurrent"] is False  # the solo minimum
     middle = [r for r in rows[1:-1] if r["step_seconds_runs_concurrent"][0]]
     assert middle and all(r["step_concurrent"] and r["step_seconds"] >= 100 for r in middle)
-    assert summary["P3_step_time_ratio"] == 9.0 / 3.0  # solo runs only
+    assert summary["P3_step_time_ratio"] == (3.0 + len(efficiency.STACK) - 1) / 3.0  # solo runs only
     assert summary["p3_timing"]["solo_only"] and summary["p3_timing"]["solo_runs"] == {"fedavg_adam": 2, "+partial": 2}
 
 
@@ -194,16 +195,18 @@ def test_one_job_keeps_every_run_alone(monkeypatch, tmp_path):
     assert all(not r["neighbours"] for r in fake.runs)
     assert not any(r["step_concurrent"] or any(r["step_seconds_runs_concurrent"]) for r in rows)
     assert rows[0]["step_seconds_runs"] == [100.0, 4.0, 3.0] and rows[0]["step_seconds"] == 3.0
-    assert [r["step_seconds"] for r in rows[1:-1]] == [100.0 + i for i in range(1, 6)]  # one run each, alone
+    assert [r["step_seconds"] for r in rows[1:-1]] == [100.0 + i for i in range(1, len(efficiency.STACK) - 1)]
     assert summary["p3_timing"]["solo_runs"] == {"fedavg_adam": 3, "+partial": 3}
 
 
 def test_without_repeats_the_p3_pair_is_measured_alone(monkeypatch, tmp_path):
     fake, rows, summary = _fake_table(monkeypatch, tmp_path, jobs=2, repeats=0)
-    assert [r["stack"] for r in fake.runs[5:]] == ["fedavg_adam", "+partial"]  # after the others, one at a time
-    assert all(not r["neighbours"] for r in fake.runs[5:])
+    n = len(efficiency.STACK) - 2  # after the others, one at a time
+    assert [r["stack"] for r in fake.runs[n:]] == ["fedavg_adam", "+partial"]
+    assert all(not r["neighbours"] for r in fake.runs[n:])
     assert rows[0]["step_seconds_runs"] == [100.0] and not rows[0]["step_concurrent"]
-    assert summary["p3_timing"]["solo_only"] and summary["P3_step_time_ratio"] == 106.0 / 100.0
+    last = 100.0 + len(efficiency.STACK) - 1
+    assert summary["p3_timing"]["solo_only"] and summary["P3_step_time_ratio"] == last / 100.0
 
 
 def test_plan_and_the_side_by_side_runner():

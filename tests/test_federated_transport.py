@@ -241,3 +241,43 @@ def test_client_update_restores_requires_grad():
     assert "subsampling.weight" not in update.arrays and "subsampling.bias" in update.arrays
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
     assert all(p.grad is None for p in model.parameters())
+
+
+# --- streamed gradients (fed.grad-stream, issue 22) -----------------------------------------------------------
+
+
+def test_streamed_gradients_travel_as_int8_codes_and_train_like_the_fp32_gradient(tmp_path):
+    """With ``grad-stream`` the ClientApp sends the accumulators' codes as they are (no fp32 gradient is formed):
+    the same wire format and bytes as encoding the fp32 gradient, seeded per client, and the model trains."""
+    up = {"name": "int8_sr", "symmetric": True}
+    streamed = _cfg(tmp_path, "s", transport={"upload": up}, grad_stream={"enabled": True}, micro_batch=2)
+    plain = _cfg(tmp_path, "p", transport={"upload": up}, micro_batch=2)  # server SGD: the step is the mean gradient
+    run_s, rec_s = _run(streamed)
+    run_p, _ = _run(plain)
+    rows_s, rows_p = _rows(run_s), _rows(run_p)
+    assert [rows_s[r]["status"] for r in (1, 2)] == ["ok", "ok"]
+    assert rows_s[1]["bytes_up"] == rows_p[1]["bytes_up"]  # int8 codes + one fp32 scale per variable either way
+    for _, reply in rec_s.pairs:
+        assert reply.content[TRANSPORT][UPLOAD_META] and all(k.endswith(("/data", "/scale")) for k in
+                                                             reply.content["arrays"])
+        assert reply.content["metrics"]["stream-folds"] > 0
+    _, rec_again = _run(_cfg(tmp_path, "s2", transport={"upload": up}, grad_stream={"enabled": True}, micro_batch=2))
+    for (_, a), (_, b) in zip(rec_s.pairs, rec_again.pairs):  # seeded per (seed, round, client)
+        assert all((a.content["arrays"][k].numpy() == b.content["arrays"][k].numpy()).all() for k in a.content["arrays"])
+    ws, wp = _weights(run_s), _weights(run_p)
+    model = task_lib.make_task(streamed.task).build_model()
+    start = model.state_dict()
+    ds = torch.cat([(ws[k] - start[k]).flatten() for k in ws])
+    dp = torch.cat([(wp[k] - start[k]).flatten() for k in ws])
+    assert torch.isfinite(ds).all() and ds.abs().max() > 0  # the same steps up to rounding noise
+    assert torch.nn.functional.cosine_similarity(ds, dp, dim=0) > 0.98 and 0.9 < ds.norm() / dp.norm() < 1.1
+
+
+@pytest.mark.parametrize("fed,message", [
+    ({"strategy": "fedavg"}, "strategy must be 'fedsgd'"),
+    ({"transport": {"upload": {"name": "fp16"}}}, "integer codec"),
+    ({"transport": {"upload": {"name": "int8_sr"}}, "faults": {"nan": 0.1}}, "faults that corrupt"),
+])
+def test_grad_stream_rejects_what_it_cannot_do(tmp_path, fed, message):
+    with pytest.raises(ValueError, match=message):
+        config.from_dict(FedConfig, {"grad-stream": {"enabled": True}, **fed}, prefix="fed")

@@ -94,6 +94,13 @@ def test_estimate_parts_follow_the_round_configuration():
              if not n.startswith(("subsampling.", "conformer.conformer_layers.0."))}  # block 0 and below frozen
     part = memory.estimate(model, memory.RoundShape(batch=4), trainable=above)
     assert part["gradients"] < q["gradients"] and part["activations"] < q["activations"]
+    # fedasr.grad_stream: 8-bit accumulators instead of fp32 .grad, held through backward beside one fold's two fp32
+    # copies of the largest variable; no fp32 update is formed for the upload
+    s8 = memory.estimate(model, memory.RoundShape(batch=4, grad_bits=8))
+    largest = max(x.numel() for x in model.parameters())
+    assert s8["gradients"] == p and q["gradients"] == 4 * p
+    assert s8["phases"]["backward"] == q["phases"]["backward"] + p + 2 * largest * 4  # one micro-batch: q holds none
+    assert s8["phases"]["upload"] == q["phases"]["upload"] - 4 * p + p
 
 
 def test_measured_peak_of_a_fresh_process_is_plausible():

@@ -22,7 +22,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from fedasr import ledger, omc
+from fedasr import compression, ledger, omc
 from fedasr.federated import dispatch, faults, privacy, secagg, transport
 from fedasr.federated.client_update import client_update
 from fedasr.federated.config import (
@@ -137,7 +137,11 @@ def handle_train(msg: Message, context: Context, cfg: FederatedConfig | None = N
     if stage == secagg.SETUP:  # [fed.secagg] phase 1: keep the update on the node, send a key and maxima
         metrics.update(ledger.round_metrics(meter))
         return secagg.setup_reply(msg, context, update, metrics, client_seed, server_round, fed)
-    if fed.transport.compress_upload:  # encode the update (stochastic rounding seeded from the client seed)
+    if update.encoded is not None:  # [fed.grad-stream]: the gradient was folded into the upload's codes in backward
+        enc, meta = compression.to_arrays(update.encoded)
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in enc.items()}),
+                              TRANSPORT: ConfigRecord({UPLOAD_META: meta})})
+    elif fed.transport.compress_upload:  # encode the update (stochastic rounding seeded from the client seed)
         gen = torch.Generator().manual_seed(derive_seed("upload", client_seed))
         enc, meta, _ = transport.encode_arrays({k: v.contiguous() for k, v in update.arrays.items()},
                                                fed.transport.upload, gen)

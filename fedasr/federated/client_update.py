@@ -8,12 +8,14 @@ and packs the reply (STYLE guideline 2), so the maths is testable on the CPU wit
 
 The device techniques act here: Online Model Compression (`fedasr.omc`: the model stores its weights
 quantized; FedAvg steps re-quantize) and partial model training (`fedasr.partial`: only the selected
-variables train and are returned). The server's own update for Mixed FL (`central_update`) is the same
-maths on its proxy data.
+variables train and are returned), and FedSGD's gradient may be folded into the upload's integer format as
+backward produces it (`fedasr.grad_stream`, ``fed.grad-stream``: no whole-model fp32 gradient). The server's own
+update for Mixed FL (`central_update`) is the same maths on its proxy data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -23,8 +25,10 @@ from typing import Any, Literal
 import torch
 
 from fedasr import omc, partial
+from fedasr.compression import CodecConfig, Encoded
 from fedasr.federated.config import FedConfig
 from fedasr.federated.task import FederatedTask
+from fedasr.grad_stream import GradientStream, StreamConfig
 from fedasr.seeding import derive_seed
 
 __all__ = ["Update", "trainable_names", "fedsgd_client_update", "fedavg_client_update", "partial_selection",
@@ -40,6 +44,14 @@ class Update:
     metrics: dict[str, float] = field(default_factory=dict)  # "loss" (mean per example), "compute-s", ...
     client_id: str = ""
     kind: Literal["gradient", "delta"] = "gradient"
+    # the upload already in its codec's format (``fed.grad-stream``); ``arrays`` is then empty
+    encoded: dict[str, Encoded] | None = None
+
+    def sizes(self) -> dict[str, int]:
+        """Elements per variable sent (from ``arrays`` or ``encoded``)."""
+        if self.encoded is not None:
+            return {k: int(torch.Size(e.shape).numel()) for k, e in self.encoded.items()}
+        return {k: v.numel() for k, v in self.arrays.items()}
 
 
 def trainable_names(model: torch.nn.Module) -> list[str]:
@@ -61,12 +73,16 @@ def fedsgd_client_update(
     global_state: Mapping[str, torch.Tensor],
     batches: Iterable[Any],
     client_id: str = "",
+    stream: tuple[CodecConfig, StreamConfig, torch.Generator | None] | None = None,
 ) -> Update:
     """Compute the client's mean-loss gradient at the global weights, accumulated over micro-batches.
 
     Each micro-batch contributes the gradient of its loss **sum**; the accumulated sum is divided by the
     number of examples at the end, so ``g_i = (1/n_i) Σ ∇ℓ`` (paper §2.3) whatever the micro-batch size:
     the micro-batch bounds activation memory, not the maths. The weights never change on the client.
+
+    ``stream = (upload codec, StreamConfig, generator)`` folds each variable's gradient into the upload's integer
+    format as backward produces it (`fedasr.grad_stream.GradientStream`): the update comes back ``encoded``.
     """
     t0 = time.perf_counter()
     _load_global(model, global_state)
@@ -75,23 +91,30 @@ def fedsgd_client_update(
     names = trainable_names(model)
     for n in names:
         params[n].grad = None
+    gs = GradientStream({n: params[n] for n in names}, *stream) if stream else None
     n_total, loss_sum = 0, 0.0
-    for batch in batches:
-        loss, info = model.loss(batch, reduction="sum")
-        n = _batch_examples(batch, info)
-        if n == 0:
-            continue
-        loss.backward()  # grads accumulate (sum over micro-batches)
-        n_total += n
-        loss_sum += float(loss.detach())
+    with gs if gs is not None else contextlib.nullcontext():
+        for batch in batches:
+            loss, info = model.loss(batch, reduction="sum")
+            n = _batch_examples(batch, info)
+            if n == 0:
+                continue
+            loss.backward()  # grads accumulate (sum over micro-batches), or fold into the stream
+            n_total += n
+            loss_sum += float(loss.detach())
     if n_total == 0:
         raise ValueError(f"client {client_id!r} has no usable training examples")
+    metrics = {"loss": loss_sum / n_total}
+    if gs is not None:
+        encoded = gs.finish(n_total)
+        metrics.update({"compute-s": time.perf_counter() - t0, "stream-folds": float(gs.folds)})
+        return Update({}, n_total, metrics, client_id, "gradient", encoded)
     grads = {}
     for n in names:
         g = params[n].grad
         grads[n] = (g / n_total) if g is not None else torch.zeros_like(params[n])
         params[n].grad = None
-    metrics = {"loss": loss_sum / n_total, "compute-s": time.perf_counter() - t0}
+    metrics["compute-s"] = time.perf_counter() - t0
     return Update(grads, n_total, metrics, client_id, "gradient")
 
 
@@ -183,7 +206,8 @@ def partial_selection(model: torch.nn.Module, cfg: FedConfig, server_round: int,
             raise ValueError("partial.policy 'budget' needs a task that reports the client's round shape (round_shape)")
         shape = dataclasses.replace(task.round_shape(client_id, cfg.micro_batch),
                                     optimizer="none" if cfg.strategy == "fedsgd" else cfg.client_optimizer,
-                                    delta_copy=cfg.strategy == "fedavg")
+                                    delta_copy=cfg.strategy == "fedavg",
+                                    grad_bits=cfg.grad_stream.bits if cfg.grad_stream.enabled else 32)
         if pcfg.budget_mib > 0:
             budget = int(pcfg.budget_mib * (1 << 20))
         elif hasattr(task, "memory_budget_bytes"):
@@ -235,7 +259,7 @@ def client_update(
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
             p.grad = None
-    update.metrics["trained-params"] = float(sum(v.numel() for v in update.arrays.values()))
+    update.metrics["trained-params"] = float(sum(update.sizes().values()))
     update.metrics.update(sel_metrics)
     return update
 
@@ -250,7 +274,10 @@ def _seeded_update(model: torch.nn.Module, global_state: Mapping[str, torch.Tens
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if cfg.strategy == "fedsgd":
-            return fedsgd_client_update(model, global_state, batches_for(seed), who)
+            # the stream's stochastic rounding uses the upload's generator (client_app: derive_seed("upload", seed))
+            stream = (cfg.transport.upload, cfg.grad_stream, torch.Generator().manual_seed(derive_seed("upload", seed))) \
+                if cfg.grad_stream.enabled else None
+            return fedsgd_client_update(model, global_state, batches_for(seed), who, stream)
         if cfg.strategy == "fedavg":
             return fedavg_client_update(model, global_state, lambda e: batches_for(derive_seed(seed, "epoch", e)),
                                         cfg, who)

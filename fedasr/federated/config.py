@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Literal
 from fedasr import config as config_lib
 from fedasr.compression import TransportConfig
 from fedasr.federated.faults import FaultConfig
+from fedasr.grad_stream import StreamConfig
 from fedasr.omc import OMCConfig
 from fedasr.partial import PartialConfig
 from fedasr.refinement import WCAMethod
@@ -182,6 +183,9 @@ class FedConfig:
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     # The ledger of client rounds (fedasr.ledger): a client over its tier's memory budget may decline.
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    # FedSGD without a whole-model fp32 gradient (fedasr.grad_stream, issue 22): each variable's gradient is folded
+    # into a b-bit stochastic-rounding accumulator as backward produces it and sent in the upload codec's format.
+    grad_stream: StreamConfig = field(default_factory=StreamConfig)
 
     def __post_init__(self) -> None:
         if self.num_rounds < 0 or self.clients_per_round < 1 or self.min_successful_clients < 1:
@@ -204,6 +208,22 @@ class FedConfig:
                              f"weighting {self.weighting!r} depends on the other clients of the round (use 'uniform')")
         if self.secagg.enabled:
             self._check_secagg()
+        if self.grad_stream.enabled:
+            self._check_grad_stream()
+
+    def _check_grad_stream(self) -> None:
+        """Reject what a streamed (already encoded) gradient cannot go through, naming the key to change."""
+        up, f = self.transport.upload, self.faults
+        checks = [(self.strategy != "fedsgd", "strategy must be 'fedsgd' (FedAvg uploads a weight delta)"),
+                  (not up.name.startswith("int"), (f"transport.upload.name must be an integer codec (int8_sr, "
+                                                   f"int4_sr, ...), got {up.name!r}")),
+                  (self.dp.enabled, "dp.enabled re-clips the update, which is sent encoded"),
+                  (self.secagg.enabled, "secagg.enabled masks codes on a grid common to the cohort"),
+                  (any((f.nan, f.inf, f.shape, f.norm)), ("faults that corrupt the update (nan, inf, shape, norm) "
+                                                          "need it in fp32"))]
+        for bad, why in checks:
+            if bad:
+                raise ValueError(f"grad-stream.enabled: {why}")
 
     def _check_secagg(self) -> None:
         """Reject what pairwise masking cannot do here, naming the key to change."""

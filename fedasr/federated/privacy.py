@@ -65,6 +65,7 @@ user-level: a user's histogram has no bound on its total), the Gaussian (ε, δ)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -146,9 +147,8 @@ def privatize_client_update(update: Update, fed: FedConfig, client_seed: int) ->
     if fed.dp.enabled:
         update = clip_for_upload(update, fed, client_seed)
     if fed.dp.histogram_noise != "none":
-        update = Update(update.arrays, update.num_examples,
-                        noise_histogram(update.metrics, fed.dp, derive_seed("wca-hist-noise", client_seed)),
-                        update.client_id, update.kind)
+        update = dataclasses.replace(update, metrics=noise_histogram(update.metrics, fed.dp,
+                                                                    derive_seed("wca-hist-noise", client_seed)))
     return update
 
 
