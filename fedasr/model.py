@@ -72,6 +72,7 @@ class ModelConfig:
     pred_hidden_dim: int = 320  # ...LSTM hidden size
     pred_num_layers: int = 1  # ...LSTM layers
     joiner_dim: int = 256  # RNN-T joint network hidden size
+    ctc_aux_weight: float = 0.0  # RNN-T: loss = RNN-T + w · CTC of an auxiliary CTC head on the encoder (0 = no head)
     checkpoint_blocks: tuple[int, ...] = ()  # Conformer block indices recomputed in backward (memory, paper §2.3)
     mask_padding: bool = True  # padding-invariant conv module (~5-10% slower); False = torchaudio's forward as is
 
@@ -79,6 +80,8 @@ class ModelConfig:
         self.checkpoint_blocks = tuple(int(i) for i in self.checkpoint_blocks)  # TOML/JSON give lists
         if self.head not in ("ctc", "rnnt"):
             raise ValueError(f"head must be 'ctc' or 'rnnt', got {self.head!r}")
+        if self.ctc_aux_weight < 0 or (self.ctc_aux_weight and self.head != "rnnt"):
+            raise ValueError(f"ctc_aux_weight must be >= 0 and only with head 'rnnt', got {self.ctc_aux_weight}")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
         if self.conv_kernel % 2 == 0:
@@ -255,9 +258,9 @@ class ASRModel(nn.Module):
             input_dim=c.d_model, num_heads=c.num_heads, ffn_dim=c.ffn_dim, num_layers=c.num_layers,
             depthwise_conv_kernel_size=c.conv_kernel, dropout=c.dropout, use_group_norm=True,
         )
-        if c.head == "ctc":
+        if c.head == "ctc" or c.ctc_aux_weight > 0:
             self.ctc_head = nn.Linear(c.d_model, num_classes)
-        else:
+        if c.head == "rnnt":
             self.predictor = Predictor(num_classes, c.pred_embed_dim, c.pred_hidden_dim, c.pred_num_layers, c.dropout)
             self.joiner = Joiner(c.d_model, c.pred_hidden_dim, c.joiner_dim, num_classes)
 
@@ -298,7 +301,8 @@ class ASRModel(nn.Module):
         """Find utterances the loss cannot use: ``{batch index: reason}``.
 
         CTC needs ``T' ≥ U + (number of adjacent repeated tokens)``: a blank must separate repeats
-        (Graves et al. 2006). RNN-T needs ``T' ≥ 1``: it can emit several tokens per frame.
+        (Graves et al. 2006). RNN-T needs ``T' ≥ 1``: it can emit several tokens per frame (with an auxiliary
+        CTC head, CTC's bound).
 
         Raises:
             ValueError: target ids outside ``1..vocab_size`` (a tokenizer/model mismatch, not bad data),
@@ -316,7 +320,8 @@ class ASRModel(nn.Module):
             if u and (int(tg.min()) < 1 or int(tg.max()) > self.config.vocab_size):
                 raise ValueError(f"utterance {_name(batch, i)}: target ids outside 1..{self.config.vocab_size} "
                                  "(tokenizer and model vocab_size disagree?)")
-            need = 1 if self.config.head == "rnnt" else max(1, u + int((tg[1:] == tg[:-1]).sum()))
+            ctc = self.config.head == "ctc" or self.config.ctc_aux_weight > 0
+            need = max(1, u + int((tg[1:] == tg[:-1]).sum())) if ctc else 1
             if u == 0:
                 problems[i] = "empty transcript"
             elif t < need:
@@ -373,6 +378,9 @@ class ASRModel(nn.Module):
             pred, _ = self.predictor(F.pad(targets, (1, 0), value=BLANK))  # (B, U+1, H): blank = start symbol
             logits = self.joiner(enc, pred)  # (B, T', U+1, C)
             per_utt = rnnt_loss(logits, targets, enc_len, tlen, blank=BLANK)
+            if self.config.ctc_aux_weight > 0:  # joint CTC/RNN-T training (e.g. Watanabe et al. 2017's hybrid idea)
+                per_utt = per_utt + self.config.ctc_aux_weight * F.ctc_loss(
+                    self.ctc_log_probs(enc).transpose(0, 1), targets, enc_len, tlen, blank=BLANK, reduction="none")
         bad = ~torch.isfinite(per_utt)
         if bad.any():
             names = [_name(batch, keep[i]) for i in bad.nonzero().flatten().tolist()]

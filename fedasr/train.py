@@ -1,12 +1,11 @@
 """Central training of the seed model on the proxy (server) domain, evaluation, and checkpoints.
 
-The paper initialises federated training from a centrally pretrained model (paper.md §2.1/§2.6);
-this module trains that *seed model* on ``proxy_train`` only, then measures it on the proxy test
-set, the user domain (unseen users), the user domain's new-terms subset and the real-speech check.
+The paper initialises federated training from a centrally pretrained model (paper.md §2.1/§2.6); this module trains
+that *seed model* on ``proxy_train`` only (optionally from another checkpoint: ``init-from``, `fedasr.warm_start`),
+then measures it on the proxy test set, the user domain (unseen users), its new-terms subset and the real speech.
 
-Both CPU cores are used by data parallelism over processes, not threads (calibration.md: two
-1-thread processes with gloo ≈ 1.75× one process; two threads in one process ≈ 1.5×); on GPUs, one
-process per GPU (DESIGN §6). Each rank computes the *summed* loss gradient of its own shard;
+Both CPU cores are used by data parallelism over processes, not threads (calibration.md: two 1-thread processes
+with gloo ≈ 1.75× one process; two threads in one process ≈ 1.5×); on GPUs, one process per GPU (DESIGN §6). Each rank computes the *summed* loss gradient of its own shard;
 ``DistributedDataParallel`` with a summing comm hook (`fedasr.distributed`) adds them over ranks during
 ``backward()``, and one small ``all_reduce`` adds utterance counts, losses and the stop flag, so the update
 is the exact mean over all ranks' utterances (bit-identical to the pre-DDP flat all_reduce with 2 ranks).
@@ -37,7 +36,7 @@ from tqdm import tqdm
 
 from fedasr import config as config_lib
 from fedasr import data as data_lib
-from fedasr import decoding, distributed, metrics, results
+from fedasr import decoding, distributed, metrics, results, warm_start
 from fedasr import features as feats_lib
 from fedasr.model import ASRModel, ModelConfig, build_model, count_parameters, model_config
 from fedasr.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, build_tokenizer, load_tokenizer
@@ -91,6 +90,7 @@ class SeedConfig:
     features: feats_lib.FeatureConfig = field(default_factory=feats_lib.FeatureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_splits: list[str] = field(default_factory=lambda: ["proxy_test", "user_test", "real"])
+    init_from: str = ""  # a checkpoint to start from where names and shapes agree (fedasr.warm_start; "" = none)
 
     def corpus_path(self) -> Path:
         return Path(self.corpus or f"data/{self.profile}")
@@ -240,7 +240,8 @@ def seed_fingerprint(cfg: SeedConfig) -> str:
     meta = json.loads((cfg.corpus_path() / "corpus.json").read_text())
     skip = {"clients_dev.json"} | {f"manifests/{s}.jsonl" for s in {"user_dev", "user_heldout_dev"} - {*cfg.eval_splits}}
     manifests = {k: v for k, v in meta.get("sha256", meta.get("manifest_sha256", {})).items() if k not in skip}
-    blob = json.dumps({"config": config_lib.to_dict(cfg), "manifests": manifests}, sort_keys=True)
+    conf = {k: v for k, v in config_lib.to_dict(cfg).items() if v or k != "init-from"}  # seeds made before it
+    blob = json.dumps({"config": conf, "manifests": manifests}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -352,6 +353,9 @@ def _prepare(cfg: SeedConfig, out: Path, resume: bool, corpus: dict) -> dict:
         # global mean/variance normalisation from (a sample of) the proxy training set, stored in the model
         sample = random.Random(cfg.train.seed).sample(corpus["proxy_train"], min(500, len(corpus["proxy_train"])))
         init_model.normalizer.set_stats(*feats_lib.compute_stats(featurize(sample, cfg.features).values()))
+        if cfg.init_from:  # e.g. an RNN-T's encoder from the CTC seed (the source's normaliser statistics too)
+            print(f"init-from {cfg.init_from}: {warm_start.init_from(init_model, cfg.init_from, tokenizer)['params_copied']}"
+                  f" of {sum(p.numel() for p in init_model.parameters())} parameters copied", flush=True)
     job = {"cfg": cfg, "tokenizer": tokenizer, "model_config": init_model.config, "init_state": init_model.state_dict(),
            "train": corpus["proxy_train"], "dev": corpus.get("proxy_dev", []), "run_dir": str(run.path),
            "fingerprint": fingerprint}
@@ -374,9 +378,7 @@ def train_seed(cfg: SeedConfig, out: str | Path = "results/seed", resume: bool =
     """
     torch.set_num_threads(1)
     cfg = replace(cfg, train=replace(cfg.train, workers=distributed.world_size(cfg.train.workers)))
-    random.seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed), np.random.seed(cfg.train.seed), torch.manual_seed(cfg.train.seed)
     out = Path(out)
     corpus: dict = {}  # filled on rank 0 only
     done = distributed.run_ranks(lambda: _prepare(cfg, out, resume, corpus), _worker, cfg.train.workers)
