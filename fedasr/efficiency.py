@@ -57,7 +57,7 @@ from fedasr import compression, fresh_runs, memory, omc, partial, plotting
 from fedasr.clients import DEVICE_TIERS
 from fedasr.compression import CodecConfig, TransportConfig
 from fedasr.data import Batch
-from fedasr.efficiency_p2 import check_quality_variant
+from fedasr.efficiency_p2 import check_pairing
 from fedasr.efficiency_p2 import p2_quality as _p2_quality
 from fedasr.federated.client_update import fedavg_client_update, fedsgd_client_update
 from fedasr.federated.config import FedConfig
@@ -273,6 +273,12 @@ def _measure(row: dict[str, Any], common: dict[str, Any], state: dict[str, torch
         m = memory.measure_peak("fedasr.efficiency:client_round",
                                 {"row": row, "common": common, "payload_path": str(path)}, timeout=timeout)
     return m, download_bytes
+
+
+def check_quality_variant(cfg: EfficiencyConfig, source: str | Path | None = None) -> FedConfig:
+    """`efficiency_p2.check_pairing` of ``cfg``'s ``p2_row``: its quality variant must federate with the row's OMC
+    and upload codec (a `ConfigError` naming both files otherwise); returns the variant's `FedConfig`."""
+    return check_pairing(cfg, next(r for r in _stack(cfg) if r["stack"] == cfg.p2_row), source)
 
 
 def run(cfg: EfficiencyConfig, source: str | Path | None = None) -> list[dict[str, Any]]:

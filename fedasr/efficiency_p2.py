@@ -8,16 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fedasr import config as config_lib
 from fedasr.federated.config import FedConfig
 from fedasr.results import REPO_ROOT as ROOT
 
-if TYPE_CHECKING:
-    from fedasr import efficiency
-
-__all__ = ["check_quality_variant", "p2_quality"]
+__all__ = ["check_pairing", "p2_quality"]
 
 
 def _codec_key(c: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +32,7 @@ def _omc_key(o: dict[str, Any] | None) -> dict[str, Any]:
     return {"bits": o["bits"], "transform": o["transform"]}
 
 
-def check_quality_variant(cfg: efficiency.EfficiencyConfig, source: str | Path | None = None) -> FedConfig:
+def check_pairing(cfg: Any, row: dict[str, Any], source: str | Path | None = None) -> FedConfig:
     """Check that ``cfg.quality_variant`` federates with the same OMC and upload codec as ``cfg.p2_row``.
 
     Loads the experiment ``cfg.quality_config`` (a `fedasr.experiments.FederatedExperiment`) and builds
@@ -44,7 +41,8 @@ def check_quality_variant(cfg: efficiency.EfficiencyConfig, source: str | Path |
     since P2 pairs that row's bytes with the variant's WER.
 
     Args:
-        cfg: the efficiency config (``quality_variant`` set).
+        cfg: the efficiency config (`fedasr.efficiency.EfficiencyConfig`, ``quality_variant`` set).
+        row: the settings of its ``p2_row`` (`fedasr.efficiency.row_settings`).
         source: the efficiency config's file, named in the error (default: "the efficiency config").
 
     Returns:
@@ -53,7 +51,7 @@ def check_quality_variant(cfg: efficiency.EfficiencyConfig, source: str | Path |
     Raises:
         ConfigError: the variant does not exist or differs (the message names both files).
     """
-    from fedasr import efficiency, experiments  # the ASR task and Flower launchers: only when P2 is paired
+    from fedasr import experiments  # the ASR task and Flower launchers: only when P2 is paired
 
     ours = f"{source}" if source is not None else "the efficiency config"
     exp = config_lib.load(experiments.FederatedExperiment, ROOT / cfg.quality_config)
@@ -61,7 +59,6 @@ def check_quality_variant(cfg: efficiency.EfficiencyConfig, source: str | Path |
         raise config_lib.ConfigError(f"{ours}: quality-variant {cfg.quality_variant!r} is not a variant of "
                                      f"{cfg.quality_config} ({sorted(exp.variants)})")
     fed = experiments.variant_config(exp, cfg.quality_variant).fed
-    row = next(r for r in efficiency._stack(cfg) if r["stack"] == cfg.p2_row)
     want = {"omc": _omc_key(row["omc"]), "transport.upload": _codec_key(row["upload"])}
     got = {"omc": _omc_key(dataclasses.asdict(fed.omc)),
            "transport.upload": _codec_key(dataclasses.asdict(fed.transport.upload))}
@@ -74,7 +71,7 @@ def check_quality_variant(cfg: efficiency.EfficiencyConfig, source: str | Path |
     return fed
 
 
-def p2_quality(cfg: efficiency.EfficiencyConfig) -> dict[str, Any] | None:
+def p2_quality(cfg: Any) -> dict[str, Any] | None:
     """The small-scale WER change of ``cfg.quality_variant`` vs its reference run (None if not run yet)."""
     path = ROOT / cfg.quality_summary
     if not cfg.quality_variant or not path.exists():

@@ -354,8 +354,8 @@ def _prepare(cfg: SeedConfig, out: Path, resume: bool, corpus: dict) -> dict:
         sample = random.Random(cfg.train.seed).sample(corpus["proxy_train"], min(500, len(corpus["proxy_train"])))
         init_model.normalizer.set_stats(*feats_lib.compute_stats(featurize(sample, cfg.features).values()))
         if cfg.init_from:  # e.g. an RNN-T's encoder from the CTC seed (the source's normaliser statistics too)
-            print(f"init-from {cfg.init_from}: {warm_start.init_from(init_model, cfg.init_from, tokenizer)['params_copied']}"
-                  f" of {sum(p.numel() for p in init_model.parameters())} parameters copied", flush=True)
+            w = warm_start.init_from(init_model, *load_checkpoint(cfg.init_from)[:2], tokenizer, cfg.init_from)
+            print(f"init-from {cfg.init_from}: {w['params_copied']} parameters copied, kept {w['kept']}", flush=True)
     job = {"cfg": cfg, "tokenizer": tokenizer, "model_config": init_model.config, "init_state": init_model.state_dict(),
            "train": corpus["proxy_train"], "dev": corpus.get("proxy_dev", []), "run_dir": str(run.path),
            "fingerprint": fingerprint}

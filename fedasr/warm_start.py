@@ -10,8 +10,6 @@ same tokenizer, the CTC head as the auxiliary head); everything else keeps its f
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 __all__ = ["init_from"]
@@ -22,14 +20,16 @@ def _units(tok) -> tuple:
     return tok.kind, tok.vocab_size, tuple(tok.decode([i]) for i in range(1, tok.vocab_size + 1))
 
 
-def init_from(model: torch.nn.Module, checkpoint: str | Path, tokenizer=None) -> dict:
-    """Copy the variables of ``checkpoint`` (a `fedasr.train.save_checkpoint` folder) into ``model`` in place.
+def init_from(model: torch.nn.Module, source: torch.nn.Module, source_tokenizer=None, tokenizer=None,
+              name: str = "the source") -> dict:
+    """Copy the variables of ``source`` (e.g. a `fedasr.train.load_checkpoint` model) into ``model`` in place.
 
     Args:
         model: the freshly built model.
-        checkpoint: the source checkpoint folder.
-        tokenizer: the new model's `fedasr.tokenizer.Tokenizer`; when given and its ids mean other units than the
-            source's, output layers over units (``ctc_head``) are not copied even if their shapes agree.
+        source: the trained model to copy from.
+        source_tokenizer, tokenizer: the two models' `fedasr.tokenizer.Tokenizer`s; when both are given and their ids
+            mean other units, output layers over units (``ctc_head``) are not copied even if their shapes agree.
+        name: what to call the source in messages (its checkpoint folder).
 
     Returns:
         ``{"from", "copied": [names], "kept": [names not in the source or of another shape], "params_copied"}``.
@@ -37,21 +37,18 @@ def init_from(model: torch.nn.Module, checkpoint: str | Path, tokenizer=None) ->
     Raises:
         ValueError: nothing could be copied (another architecture altogether).
     """
-    from fedasr.train import load_checkpoint  # train imports this module
-
-    src, tok, _, _ = load_checkpoint(checkpoint)
-    same_units = tokenizer is None or _units(tok) == _units(tokenizer)
-    theirs, ours = src.state_dict(), model.state_dict()
+    same_units = source_tokenizer is None or tokenizer is None or _units(source_tokenizer) == _units(tokenizer)
+    theirs, ours = source.state_dict(), model.state_dict()
     copied, kept = [], []
-    for name, t in ours.items():
-        s = theirs.get(name)
-        if s is None or s.shape != t.shape or (name.startswith("ctc_head.") and not same_units):
-            kept.append(name)
+    for n, t in ours.items():
+        s = theirs.get(n)
+        if s is None or s.shape != t.shape or (n.startswith("ctc_head.") and not same_units):
+            kept.append(n)
             continue
-        copied.append(name)
+        copied.append(n)
     if not copied:
-        raise ValueError(f"init-from {checkpoint}: no variable of it matches this model by name and shape")
+        raise ValueError(f"init-from {name}: no variable of it matches this model by name and shape")
     model.load_state_dict({**ours, **{n: theirs[n] for n in copied}})
     params = dict(model.named_parameters())
-    return {"from": str(checkpoint), "copied": copied, "kept": kept,
+    return {"from": str(name), "copied": copied, "kept": kept,
             "params_copied": sum(params[n].numel() for n in copied if n in params)}

@@ -19,7 +19,8 @@ from fedasr.config import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs" / "efficiency" / "paper.toml"
 QUALITY = "configs/efficiency/quality_cost.toml"
-SETTINGS_KEYS = {"stack", "strategy", "optimizer", "micro_batch", "checkpoint", "download", "upload", "omc", "budget_mib"}
+SETTINGS_KEYS = {"stack", "strategy", "optimizer", "micro_batch", "checkpoint", "download", "upload", "omc", "budget_mib",
+                 "grad_stream"}
 ROW_KEYS = {"stack", "preset", "params", "peak_rss_bytes", "analytic", "download_bytes", "upload_bytes", "step_seconds",
             "step_seconds_runs", "step_seconds_runs_concurrent", "step_concurrent", "baseline_rss_bytes", "vmhwm_bytes", "vmhwm_after_imports_bytes", "hwm_reset",
             "rss_file_growth_bytes", "rss_anon_held_at_end_bytes", "decode_seconds", "encode_seconds", "loss",
@@ -36,11 +37,12 @@ def test_rows_are_cumulative_with_the_federated_schema():
     # each row keeps everything of the row above and changes one technique
     changed = [{k for k in SETTINGS_KEYS - {"stack"} if a[k] != b[k]} for a, b in itertools.pairwise(rows)]
     assert changed == [{"strategy", "optimizer"}, {"micro_batch"}, {"checkpoint"}, {"download", "upload"}, {"omc"},
-                       {"budget_mib"}]
+                       {"grad_stream"}, {"budget_mib"}]
     assert rows[4]["download"] == dataclasses.asdict(cfg.transport.download)
     assert rows[4]["upload"] == dataclasses.asdict(cfg.transport.upload) and cfg.transport.upload.name == "int4_sr"
     assert rows[5]["omc"] == dataclasses.asdict(cfg.omc) and (cfg.omc.bits, cfg.omc.transform) == (4, "per_channel")
-    assert rows[6]["budget_mib"] == 768 == cfg.partial.budget_mib and cfg.partial.policy == "budget"
+    assert rows[6]["grad_stream"] == dataclasses.asdict(cfg.grad_stream) and cfg.grad_stream.bits == 8
+    assert rows[7]["budget_mib"] == 512 == cfg.partial.budget_mib and cfg.partial.policy == "budget"
     # a subset of rows is still cumulative from the first
     sub = efficiency.row_settings(dataclasses.replace(cfg, rows=("fedsgd", "+omc")))
     assert [r["stack"] for r in sub] == ["fedsgd", "+omc"] and sub[1]["checkpoint"] and sub[1]["micro_batch"] == 1
@@ -230,12 +232,12 @@ def measured(tmp_path_factory):
     """A real table of the tiny preset: the plain row and the full stack, each one round in a fresh process.
 
     The P2 pairing of configs/efficiency/paper.toml is kept (checked against quality_cost.toml); the budget
-    (10 MiB) lets the tiny model's top 3 of 6 blocks train.
+    (5.5 MiB, with the streamed 8-bit gradient) lets the tiny model's top 3 of 6 blocks train.
     """
     tmp = tmp_path_factory.mktemp("efficiency")
     cfg = config.load(efficiency.EfficiencyConfig, PAPER, {
         "preset": "tiny", "utterances": 2, "seconds": 1.0, "tokens": 5, "rows": ["fedavg_adam", "+partial"],
-        "timing-repeats": 0, "partial.budget-mib": 10, "out-dir": str(tmp / "eff"), "figure": str(tmp / "fig.png"),
+        "timing-repeats": 0, "partial.budget-mib": 5.5, "out-dir": str(tmp / "eff"), "figure": str(tmp / "fig.png"),
         "quality-summary": str(tmp / "quality.json")})
     rows = efficiency.run(cfg)
     return cfg, rows, tmp / "eff"
@@ -254,14 +256,14 @@ def test_run_writes_the_table_schema(measured):
     assert full["upload_bytes"] < plain["upload_bytes"] / 4  # int4 + zlib, and fewer variables
     # the fresh process trained what the budget policy picks for partial.budget-mib
     summary = json.loads((out / "summary.json").read_text())
-    swept = next(s for s in summary["budget_sweep_analytic"] if s["budget_bytes"] == 10 * 2**20)
+    swept = next(s for s in summary["budget_sweep_analytic"] if s["budget_bytes"] == int(5.5 * 2**20))
     assert full["trainable_units"] == swept["trained_units"] == ["block.3", "block.4", "block.5", "ctc_head"]
-    assert full["analytic"]["peak"] <= 10 * 2**20 and full["trainable_params"] < plain["trainable_params"]
+    assert full["analytic"]["peak"] <= 5.5 * 2**20 and full["trainable_params"] < plain["trainable_params"]
     assert summary["rows"] == ["fedavg_adam", "+partial"] and summary["P2"]["quality"] is None
     assert summary["P1_peak_ratio"] == full["peak_rss_bytes"] / plain["peak_rss_bytes"]
     assert summary["met"]["P2"] is False  # no small-scale quality yet
     recorded = json.loads((out / "config.json").read_text())["config"]
-    assert recorded["transport"]["upload"]["name"] == "int4_sr" and recorded["partial"]["budget-mib"] == 10
+    assert recorded["transport"]["upload"]["name"] == "int4_sr" and recorded["partial"]["budget-mib"] == 5.5
     assert (Path(cfg.figure)).exists()
 
 

@@ -35,11 +35,12 @@ def test_an_rnnt_starts_from_a_ctc_checkpoint_where_names_and_shapes_agree(tmp_p
     torch.manual_seed(1)
     rnnt = build_model(micro("rnnt", ctc_aux_weight=0.3))
     fresh = {k: v.clone() for k, v in rnnt.state_dict().items()}
-    out = warm_start.init_from(rnnt, tmp_path / "ctc", CharTokenizer())
-    src, now = ctc.state_dict(), rnnt.state_dict()
+    src, src_tok, _, _ = train.load_checkpoint(tmp_path / "ctc")
+    out = warm_start.init_from(rnnt, src, src_tok, CharTokenizer())
+    theirs, now = ctc.state_dict(), rnnt.state_dict()
     for name in now:
         if name.startswith(("normalizer.", "subsampling.", "conformer.", "ctc_head.")):
-            assert torch.equal(now[name], src[name]), name
+            assert torch.equal(now[name], theirs[name]), name
         else:  # predictor and joiner keep their fresh initialisation
             assert torch.equal(now[name], fresh[name]), name
     assert set(out["kept"]) == {n for n in now if n.startswith(("predictor.", "joiner."))}
@@ -47,6 +48,6 @@ def test_an_rnnt_starts_from_a_ctc_checkpoint_where_names_and_shapes_agree(tmp_p
     # the same layout over other units: the CTC head is not copied, even with the same shape
     other = type("Other", (CharTokenizer,), {"ALPHABET": "'" + " " + CharTokenizer.ALPHABET[2:]})()
     rnnt2 = build_model(micro("rnnt", ctc_aux_weight=0.3))
-    assert "ctc_head.weight" in warm_start.init_from(rnnt2, tmp_path / "ctc", other)["kept"]
+    assert "ctc_head.weight" in warm_start.init_from(rnnt2, src, src_tok, other)["kept"]
     with pytest.raises(ValueError, match="no variable"):
-        warm_start.init_from(torch.nn.Linear(3, 3), tmp_path / "ctc")
+        warm_start.init_from(torch.nn.Linear(3, 3), src)
