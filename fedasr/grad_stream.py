@@ -35,7 +35,7 @@ __all__ = ["StreamConfig", "GradientStream"]
 
 @dataclass
 class StreamConfig:
-    """How gradients are folded in as backward produces them (``[fed.transport.stream]``)."""
+    """How gradients are folded in as backward produces them (``[fed.grad-stream]``)."""
 
     enabled: bool = False
     bits: int = 8  # accumulator width (8 or 16); the upload codec's own width when that is wider
