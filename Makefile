@@ -18,7 +18,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: help setup system-deps data summary seed seed-full efficiency efficiency-quality smoke deployment-demo \
+.PHONY: help setup system-deps data summary seed seed-rnnt seed-full efficiency efficiency-quality smoke deployment-demo \
         federated reliability filter-calibration secagg ledger privacy-audit dp-quick import-librispeech import-commonvoice import-configs quality quality-seeds quality-mixing quality-lr quality-dev quality-headline quality-wca bench seed-screens notebooks reproduce reproduce-teaching lab \
         compare test test-all test-gpu clean-data
 
@@ -52,6 +52,9 @@ seed: data  ## seed model (central pretraining on proxy data); retrained only if
 	@test -f configs/seed/$(PROFILE).toml || { echo "seed: no configs/seed/$(PROFILE).toml (an imported corpus:" \
 	  "make import-configs PROFILE=$(PROFILE))" >&2; exit 2; }
 	$(PY) -m fedasr.train --config configs/seed/$(PROFILE).toml --out $(SEED_DIR) --if-stale
+
+seed-rnnt: seed  ## the RNN-T seed (configs/seed/quick_rnnt.toml: from the CTC seed, aux CTC, 10 min on 2 processes) → results/seed-rnnt/
+	$(PY) -m fedasr.train --config configs/seed/quick_rnnt.toml --out results/seed-rnnt --if-stale
 
 seed-full: ## the full profile's seed model (60 CPU-minutes) → results/seed-full/
 	$(MAKE) seed PROFILE=full

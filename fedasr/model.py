@@ -115,6 +115,10 @@ def model_config(preset: str, **overrides: Any) -> ModelConfig:
     """Return preset ``preset`` with fields replaced by ``overrides`` (unknown names raise)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r} (expected one of {sorted(PRESETS)})")
+    overrides = {k.replace("-", "_"): v for k, v in overrides.items()}  # TOML's kebab-case or Python's names
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    if unknown := sorted(set(overrides) - known):
+        raise ValueError(f"[model]: unknown key(s) {unknown}; ModelConfig has {sorted(known)}")
     return dataclasses.replace(PRESETS[preset], **overrides)
 
 

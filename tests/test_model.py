@@ -125,8 +125,10 @@ def test_config_validation():
         ModelConfig(num_layers=2, checkpoint_blocks=[0, 2])
     with pytest.raises(ValueError, match="unknown model preset"):
         model_config("huge")
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match=r"\[model\]: unknown key\(s\) \['not_a_field'\]"):
         conformer_asr(preset="tiny", not_a_field=1)
+    # TOML's kebab-case names the same fields as Python's snake_case
+    assert model_config("tiny", **{"ctc-aux-weight": 0.3, "head": "rnnt"}).ctc_aux_weight == 0.3
     assert ModelConfig(checkpoint_blocks=[1, 0]).checkpoint_blocks == (1, 0)
 
 
