@@ -18,7 +18,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: help setup system-deps data summary seed seed-rnnt seed-full efficiency efficiency-quality smoke deployment-demo \
+.PHONY: help setup system-deps data summary seed seed-rnnt paper-model seed-full efficiency efficiency-quality smoke deployment-demo \
         federated reliability filter-calibration secagg ledger privacy-audit dp-quick import-librispeech import-commonvoice import-configs quality quality-seeds quality-mixing quality-lr quality-dev quality-headline quality-wca bench seed-screens notebooks reproduce reproduce-teaching lab \
         compare test test-all test-gpu clean-data
 
@@ -55,6 +55,9 @@ seed: data  ## seed model (central pretraining on proxy data); retrained only if
 
 seed-rnnt: seed  ## the RNN-T seed (configs/seed/quick_rnnt.toml: from the CTC seed, aux CTC, 10 min on 2 processes) → results/seed-rnnt/
 	$(PY) -m fedasr.train --config configs/seed/quick_rnnt.toml --out results/seed-rnnt --if-stale
+
+paper-model: data  ## the 129M paper preset (RNN-T over word-pieces): short pretraining, 5 FedSGD rounds with the device stack on Flower, client peak RSS (configs/paper_model/quick.toml) → results/paper-model/summary.json
+	$(PY) -m fedasr.paper_model --config configs/paper_model/quick.toml
 
 seed-full: ## the full profile's seed model (60 CPU-minutes) → results/seed-full/
 	$(MAKE) seed PROFILE=full
