@@ -29,7 +29,7 @@ from fedasr.results import REPO_ROOT
 
 __all__ = ["RESULTS", "seed_table", "step_table", "federated_table", "efficiency_table", "quality_cost_table",
            "quality_table", "headline_table", "evidence_markdown", "reproduce_line", "evidence_targets_line",
-           "footnote", "results_markdown"]
+           "footnote", "paper_model_line", "results_markdown"]
 
 RESULTS = REPO_ROOT / "results"
 MiB = 2**20
@@ -84,18 +84,20 @@ def _table(caption: str, columns: Sequence[str]) -> list[str]:
 def seed_table(root: str | Path = RESULTS) -> list[str]:
     """The seed models (quick and full profile): size, training budget, WER/CER per test set."""
     root = Path(root)
-    runs = {p: _load(root / d / "summary.json") for p, d in (("quick", "seed"), ("full", "seed-full"))}
+    folders = {"quick": "seed", "quick RNN-T": "seed-rnnt", "full": "seed-full"}
+    runs = {p: _load(root / d / "summary.json") for p, d in folders.items()}
     runs = {p: s for p, s in runs.items() if s}
     if not runs:
         return ["*No seed run yet (`make seed`).*"]
     out = []
     for profile, s in runs.items():
-        folder = "seed" if profile == "quick" else "seed-full"
+        folder = folders[profile]
+        start = ((_load(root / folder / "config.json") or {}).get("config") or {}).get("init_from")
         out += [""] if out else []
         out.append(f"**Seed model, {profile} profile** (`{_where(root / folder / 'summary.json')}`): `{s['preset']}` "
                    f"preset, {s['head'].upper()} over {s['units']} units, {s['params'] / 1e6:.2f}M parameters, "
-                   f"{s['train_seconds'] / 60:.0f} CPU-minutes on {s['workers']} processes ({s['steps']} steps) on "
-                   f"`{s['corpus']}`, proxy domain only.")
+                   f"{s['train_seconds'] / 60:.0f} minutes on {s['workers']} processes ({s['steps']} steps) on "
+                   f"`{s['corpus']}`, proxy domain only" + (f", starting from `{start}`." if start else "."))
     cols = list(runs)
     out += ["", "| test set | " + " | ".join(f"WER {p} | CER {p}" for p in cols) + " |",
             "|---|" + "---|---|" * len(cols)]
@@ -274,8 +276,8 @@ def evidence_markdown(root: str | Path,
     its verdict, where a run carries them (``evidence.json``, `fedasr.quality_evidence`; used by `fedasr.report`)."""
     from fedasr import evidence
 
-    def rel(v: float) -> str:
-        return f"{100 * v:+.1f}%"
+    def rel(v: float | None) -> str:  # None: undefined (a relative change from 0, e.g. a term recall of 0)
+        return "undefined" if v is None else f"{100 * v:+.1f}%"
     out = []
     for exp in experiments:
         path = Path(root) / exp / "evidence.json"
@@ -359,9 +361,30 @@ def evidence_targets_line(root: str | Path = RESULTS) -> list[str]:
             "wall time on 2 cores): " + "; ".join(parts) + "."] if parts else []
 
 
+def paper_model_line(root: str | Path = RESULTS) -> list[str]:
+    """The 129M preset through Flower (`make paper-model`): rounds, loss, client peak RSS beside the benchmark's."""
+    path = Path(root) / "paper-model" / "summary.json"
+    s = _load(path)
+    if not s:
+        return []
+    peak, bench = s["client_peak_rss_bytes"], s.get("bench_peak_rss_bytes")
+    loss = s["loss"]
+    return ["", f"**The paper's model through Flower** (`{_where(path)}`, `make paper-model`): the `{s['preset']}` "
+            f"preset ({s['params'] / 1e6:.1f}M parameters, {s['head'].upper()} over {s['tokenizer']['size']} "
+            f"{s['tokenizer']['kind']} pieces), {s['rounds']} FedSGD rounds on the {s['engine']} with "
+            f"{' '.join(s['stack'][1:])}: client loss {' → '.join(f'{x:.1f}' for x in loss if x is not None)} "
+            f"({'falling' if s.get('loss_falls') else 'not falling'}); each ClientApp process's peak RSS during its "
+            f"round: max {peak['max'] / 2**20:.0f} MiB, median {peak['median'] / 2**20:.0f} MiB over {peak['n']} "
+            "client rounds" + (f"; the benchmark's fresh process for the same stack (`{s['bench_row']}`, with its "
+                               "own utterances and vocabulary: `configs/efficiency/paper.toml`): "
+                               f"{bench / 2**20:.0f} MiB (ratio {peak['max'] / bench:.2f})."
+                               if bench and peak.get("max") else ".")]
+
+
 def results_markdown(root: str | Path = RESULTS) -> str:
     """Every table above, in the README's order, with the synthetic-speech footnote."""
     lines = ["", *seed_table(root), *step_table(root), *federated_table(root), *efficiency_table(root),
-             *quality_cost_table(root), *quality_table(root), *headline_table(root), *reproduce_line(root), "",
+             *paper_model_line(root), *quality_cost_table(root), *quality_table(root), *headline_table(root),
+             *reproduce_line(root), "",
              footnote(root)]
     return "\n".join(lines)

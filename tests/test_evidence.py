@@ -1,5 +1,6 @@
 """fedasr.evidence: per-utterance scores, intervals over seeds, paired bootstrap deltas."""
 
+import json
 import math
 
 import numpy as np
@@ -195,3 +196,21 @@ def test_an_experiment_over_seeds_has_means_and_paired_intervals_against_its_ref
     assert rel["omc4"]["wer_user_rel"] == pytest.approx(0.26 / 0.2 - 1)  # the means of the runs' own summaries
     (tmp_path / "results" / "cost" / "summary.json").write_text(json.dumps(s))
     assert experiments.finished_runs(exp)["omc4"].path == per_seed[0]["omc4"].path  # seed 0's run, to redraw
+
+
+def test_report_lines_of_one_seed_name_an_undefined_relative_change_instead_of_failing(tmp_path):
+    """One seed (the quick reproduction) and a term recall of 0 in the reference row: the relative change is
+    undefined (None in evidence.json); the report says so (notebook 05 once failed on it)."""
+    from fedasr import tables
+
+    ev = {"seeds": [0], "rows": [{"variant": "seed", "n_seeds": 1,
+                                  "term_recall": {"mean": 0.0, "ci95": [None, None], "n": 1, "values": [0.0]}}],
+          "comparisons": [{"a": "seed", "b": "filtering", "metric": "term_recall",
+                           "delta_rel": {"mean": None, "ci95": [None, None], "n_seeds": 1},
+                           "verdict": "not claimed: fewer than 3 seeds"}]}
+    (tmp_path / "quality").mkdir()
+    (tmp_path / "quality" / "evidence.json").write_text(json.dumps(ev))
+    lines = tables.evidence_markdown(tmp_path, ("quality",))
+    assert "| seed | 1 | 0.0% [n/a, n/a] |" in lines
+    assert lines[-1] == ("- `filtering` vs `seed`, term_recall: undefined (95% CI undefined to undefined, 1 seed(s)): "
+                         "not claimed: fewer than 3 seeds.")

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from fedasr import config, paper_model
+from fedasr import config, paper_model, tables
 
 QUICK = "configs/paper_model/quick.toml"
 
@@ -50,3 +50,5 @@ def test_a_tiny_rnnt_over_word_pieces_pretrains_federates_and_reports_its_client
     assert s["stack"][-3:] == ["+omc", "+grad_stream", "+partial"]
     on_disk = json.loads((tmp_path / "paper-model" / "summary.json").read_text())
     assert on_disk["loss"] == s["loss"] and on_disk["params"] == s["params"] > 0
+    line = "\n".join(tables.paper_model_line(tmp_path))
+    assert f"{s['rounds']} FedSGD rounds" in line and "+grad_stream" in line and "peak RSS" in line

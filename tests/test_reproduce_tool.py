@@ -28,3 +28,12 @@ def test_another_profile_points_each_notebook_at_its_corpus_and_configs(tmp_path
         "configs/quality/ls.toml"
     # no configs/federated/ls.toml: notebook 02 keeps its defaults rather than failing on a missing file
     assert reproduce.notebook_parameters("02_federated_training", "full", "r", "ls") == {"results_root": "r"}
+
+
+def test_a_rerun_of_a_failed_notebook_replaces_its_entry_and_its_seconds():
+    before = {"profile": "quick", "wall_seconds": 100.0, "steps": [], "notebooks": [
+        {"name": "04", "seconds": 90.0, "status": "ok"}, {"name": "05", "seconds": 1.0, "status": "failed: X"}]}
+    rerun = {"wall_seconds": 6.0, "notebooks": [{"name": "05", "seconds": 5.0, "status": "ok"}]}
+    out = reproduce.merge_rerun(before, rerun)
+    assert [n["status"] for n in out["notebooks"]] == ["ok", "ok"]
+    assert out["wall_seconds"] == 104.0 and out["reruns"] == [{"notebooks": ["05"], "seconds": 6.0}]

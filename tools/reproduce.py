@@ -14,6 +14,7 @@ fields: compare them with ``python tools/compare_results.py A B``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,18 @@ def notebook_parameters(name: str, size: str, results_root: str, profile: str = 
     return params
 
 
+def merge_rerun(before: dict, rerun: dict) -> dict:
+    """``before`` with the notebooks of ``rerun`` replaced by name: ``wall_seconds`` swaps their old seconds for the
+    new ones (the time a full run would have taken with them), and ``reruns`` records which ran apart."""
+    new = {n["name"]: n for n in rerun["notebooks"]}
+    old = {n["name"]: n for n in before["notebooks"]}
+    merged = [new.get(n["name"], n) for n in before["notebooks"]] + [n for k, n in new.items() if k not in old]
+    wall = before["wall_seconds"] - sum(old[k]["seconds"] for k in new if k in old)
+    wall += sum(n["seconds"] for n in new.values())
+    return {**before, "wall_seconds": wall, "notebooks": merged,
+            "reruns": [*before.get("reruns", []), {"notebooks": sorted(new), "seconds": rerun["wall_seconds"]}]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="quick", help="corpus/seed profile for the data and seed steps (Default: quick)")
@@ -55,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="notebook parameters: as committed, or notebooks/teaching.toml (Default: full)")
     ap.add_argument("--results-root", default="results", help="where notebooks write (Default: results)")
     ap.add_argument("--skip-steps", action="store_true", help="do not run `make data summary seed` first")
-    ap.add_argument("--only", nargs="*", help="notebook names to run (Default: all notebooks/[0-9]*.ipynb)")
+    ap.add_argument("--only", nargs="*", help="notebook names to run (Default: all notebooks/[0-9]*.ipynb); their "
+                    "entries replace those of an existing reproduce.json (`merge_rerun`)")
     args = ap.parse_args(argv)
 
     import papermill as pm
@@ -91,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
                           "load_avg_15min": round(os.getloadavg()[2], 2)})
     record = {"profile": args.profile, "size": args.size, "wall_seconds": time.perf_counter() - t0,
               "cores": os.cpu_count(), "steps": steps, "notebooks": notebooks}
-    write_json(Path(args.results_root) / "reproduce.json", record)
+    path = Path(args.results_root) / "reproduce.json"
+    if args.only and path.exists():  # a rerun of some notebooks (e.g. one that failed) replaces only their entries
+        record = merge_rerun(json.loads(path.read_text()), record)
+    write_json(path, record)
     failed = [n["name"] for n in notebooks if n["status"] != "ok"]
     print(f"reproduce: {len(notebooks) - len(failed)}/{len(notebooks)} notebooks ok in "
           f"{record['wall_seconds'] / 60:.1f} min" + (f"; failed: {failed}" if failed else ""))
