@@ -337,7 +337,9 @@ def reproduce_line(root: str | Path = RESULTS) -> list[str]:
     return ["", f"**The quick reproduction** (`{_where(Path(root) / 'reproduce.json')}`, profile `{r['profile']}`, "
             f"{r['cores']} cores): {r['wall_seconds'] / 60:.1f} min in all, of which {steps / 60:.1f} min corpus, "
             f"summary and seed checks and {sum(n['seconds'] for n in r['notebooks']) / 60:.1f} min of notebooks "
-            f"(minutes: {nbs})" + (f"; 15-minute load average at each notebook's end {loads}." if loads else "."),
+            f"(minutes: {nbs})" + (f"; 15-minute load average at each notebook's end {loads}" if loads else "")
+            + "".join(f"; {', '.join(x['notebooks'])} rerun apart ({x['seconds'] / 60:.1f} min, its time above)"
+                      for x in r.get("reruns", [])) + ".",
             *evidence_targets_line(root)]
 
 
