@@ -92,12 +92,13 @@ def seed_table(root: str | Path = RESULTS) -> list[str]:
     out = []
     for profile, s in runs.items():
         folder = folders[profile]
-        start = ((_load(root / folder / "config.json") or {}).get("config") or {}).get("init_from")
+        start = ((_load(root / folder / "config.json") or {}).get("config") or {}).get("init-from")
         out += [""] if out else []
         out.append(f"**Seed model, {profile} profile** (`{_where(root / folder / 'summary.json')}`): `{s['preset']}` "
                    f"preset, {s['head'].upper()} over {s['units']} units, {s['params'] / 1e6:.2f}M parameters, "
                    f"{s['train_seconds'] / 60:.0f} minutes on {s['workers']} processes ({s['steps']} steps) on "
-                   f"`{s['corpus']}`, proxy domain only" + (f", starting from `{start}`." if start else "."))
+                   f"`{s['corpus']}`, proxy domain only" + (f", starting from `{start}` (its training time not included)."
+                                                        if start else "."))
     cols = list(runs)
     out += ["", "| test set | " + " | ".join(f"WER {p} | CER {p}" for p in cols) + " |",
             "|---|" + "---|---|" * len(cols)]
