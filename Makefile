@@ -19,7 +19,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
 .PHONY: help setup system-deps data summary seed seed-rnnt paper-model seed-full efficiency efficiency-quality smoke deployment-demo \
-        federated reliability filter-calibration secagg ledger privacy-audit dp-quick import-librispeech import-commonvoice import-configs quality quality-seeds quality-mixing quality-lr quality-dev quality-headline quality-wca bench seed-screens notebooks reproduce reproduce-teaching lab \
+        federated reliability filter-calibration secagg ledger privacy-audit dp-quick import-librispeech import-commonvoice import-configs quality quality-seeds quality-rnnt quality-mixing quality-lr quality-dev quality-headline quality-wca bench seed-screens notebooks reproduce reproduce-teaching lab \
         compare test test-all test-gpu clean-data
 
 help:  ## list targets
@@ -118,6 +118,9 @@ quality-seeds: seed  ## the ablation over seeds 0, 1, 2 → results/quality/{wer
 
 filter-calibration: setup  ## the on-device filter calibrated on half the seen clients, judged on the other half and on an unseen kind of wrong correction → results/quality/filter_calibration.json
 	$(PY) -m fedasr.filter_calibration --out results/quality/filter_calibration.json
+
+quality-rnnt: seed-rnnt  ## the seed, FL-on-hypotheses and full-refinement rows from the RNN-T seed, 3 seeds (configs/quality/quick_rnnt.toml) → results/quality-rnnt/{wer,evidence}.json
+	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/quick_rnnt.toml'))"
 
 quality-mixing: seed  ## Mixed FL's α screen (configs/quality/mixing.toml) → results/quality-mixing/
 	$(PY) -c "from fedasr import config, experiments as e; e.run_quality_experiment(config.load(e.QualityExperiment, 'configs/quality/mixing.toml'))"

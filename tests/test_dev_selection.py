@@ -54,7 +54,7 @@ def test_runs_from_different_seed_models_are_refused(tmp_path):
         dev_selection.select(tmp_path, "screen", ["a", "b"])
 
 
-@pytest.mark.parametrize("name", ["headline", "quick"])
+@pytest.mark.parametrize("name", ["headline", "quick", "quick_rnnt"])
 def test_the_committed_headline_config_is_the_dev_screens_choice(name):
     """configs/quality/headline.toml and the ablation's quick.toml (whose last row is the headline) must carry what
     results/quality-dev/selection.json chose (α, server lr, rounds), and declare the dev splits it was chosen on; their
