@@ -149,7 +149,7 @@ plotting.efficiency_memory(rows, out=cfg.figure)
 profile = Path(qexp.task.corpus).name
 notebook.require(Path(qexp.task.corpus) / "corpus.json", f"data PROFILE={profile}")
 notebook.require(qexp.task.seed_model, f"seed PROFILE={profile}")
-if quality_cost_rerun:  # the quick config: 9 variants x 3 seeds, about an hour on 2 cores
+if quality_cost_rerun:  # the quick config: 10 variants x 3 seeds, about an hour on 2 cores
     experiments.run_federated_experiment(qexp)
 notebook.require(nb.results / qexp.experiment / "summary.json", "efficiency-quality")
 qruns = experiments.finished_runs(qexp)  # variant → run (seed 0's where several seeds ran)
