@@ -374,11 +374,16 @@ def paper_model_line(root: str | Path = RESULTS) -> list[str]:
     loss = s["loss"]
     return ["", f"**The paper's model through Flower** (`{_where(path)}`, `make paper-model`): the `{s['preset']}` "
             f"preset ({s['params'] / 1e6:.1f}M parameters, {s['head'].upper()} over {s['tokenizer']['size']} "
-            f"{s['tokenizer']['kind']} pieces), {s['rounds']} FedSGD rounds on the {s['engine']} with "
-            f"{' '.join(s['stack'][1:])}: client loss {' → '.join(f'{x:.1f}' for x in loss if x is not None)} "
-            f"({'falling' if s.get('loss_falls') else 'not falling'}); each ClientApp process's peak RSS during its "
-            f"round: max {peak['max'] / 2**20:.0f} MiB, median {peak['median'] / 2**20:.0f} MiB over {peak['n']} "
-            "client rounds" + (f"; the benchmark's fresh process for the same stack (`{s['bench_row']}`, with its "
+            f"{s['tokenizer']['kind']} pieces), {s['rounds']} FedSGD rounds on Flower's "
+            f"{'Simulation Engine' if s['engine'] == 'flower-simulation' else s['engine']} with "
+            f"{' '.join(s['stack'][1:])}: the sampled clients' mean loss per round "
+            f"{' → '.join(f'{x:.1f}' for x in loss if x is not None)} (other clients each round; the last round's "
+            f"{'below' if s.get('loss_falls') else 'not below'} the first's); each ClientApp process's peak RSS during "
+            f"its round: max {peak['max'] / 2**20:.0f} MiB, median {peak['median'] / 2**20:.0f} MiB over {peak['n']} "
+            "client rounds" + (f" (median {s['client_start_rss_bytes_median'] / 2**20:.0f} MiB already held when the "
+                               "round began: the process keeps its runtime between rounds)"
+                               if s.get("client_start_rss_bytes_median") else "")
+            + (f"; the benchmark's fresh process for the same stack (`{s['bench_row']}`, with its "
                                "own utterances and vocabulary: `configs/efficiency/paper.toml`): "
                                f"{bench / 2**20:.0f} MiB (ratio {peak['max'] / bench:.2f})."
                                if bench and peak.get("max") else ".")]
