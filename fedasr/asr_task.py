@@ -116,9 +116,9 @@ class ASRTask:
         self._eval_feats: dict[str, dict[str, torch.Tensor]] = {}
         model, self.tokenizer, self.fcfg, _ = train.load_checkpoint(cfg.seed_model)
         self._model_config = model.config
-        self._seed_state = model.state_dict()
+        del model  # not kept: a ClientApp process holds the task for its lifetime (129M: 0.5 GB of fp32 weights)
         with torch.device("meta"):  # a weightless copy: only `validate` (lengths vs labels) is used
-            self._validator = train.build_model(model.config)
+            self._validator = train.build_model(self._model_config)
         self._store: dict[str, list[dict]] = {}  # correction label-store lines per client (refinement)
         if cfg.labels == "truth":
             self._labels = None
@@ -138,10 +138,8 @@ class ASRTask:
 
     # --- FederatedTask -------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
-        """Return the seed model (the global model's starting point)."""
-        model = train.build_model(self._model_config)
-        model.load_state_dict(self._seed_state)
-        return model
+        """Return the seed model (the global model's starting point), read from its checkpoint again."""
+        return train.load_checkpoint(self.cfg.seed_model)[0]
 
     def client_ids(self) -> list[str]:
         """Client ids of ``train_split`` in sorted order (only those with ≥ ``min_corrections`` corrections)."""
