@@ -8,8 +8,9 @@ Paper §2 trains a 130M Conformer RNN-T over word-pieces on phones. Here, three 
 2. **federate** (`fedasr.experiments.run_federated_experiment`): FedSGD rounds on Flower's Simulation Engine with
    the device stack of ``configs/efficiency/paper.toml`` (micro-batch 1, every Conformer block recomputed in
    backward, 4-bit OMC (the download in its storage format), gradients folded into 8-bit codes in backward, int4
-   upload + zlib, the budget's share of trainable blocks). Labels are the reference transcripts (``labels = "truth"``, an oracle):
-   this run measures the model's fit into a device, not the quality of on-device labels;
+   upload + zlib, the budget's share of trainable blocks). Labels are the reference transcripts
+   (``labels = "truth"``, an oracle): this run measures the model's fit into a device, not the quality of
+   on-device labels;
 3. **summarize**: ``results/<experiment>/summary.json``::
 
        {"preset", "head", "tokenizer": {"kind", "size"}, "params", "engine", "device", "rounds",
@@ -26,7 +27,6 @@ Run: ``make paper-model`` (``configs/paper_model/quick.toml``: CPU, minutes per 
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from fedasr import asr_task, config as config_lib, results, train
+from fedasr import asr_task, config as config_lib, ledger, results, train
 from fedasr.experiments import FederatedExperiment, run_federated_experiment
 from fedasr.federated.config import FedConfig
 
@@ -47,7 +47,9 @@ class PaperModelExperiment:
 
     experiment: str = "paper-model"  # results/<experiment>/{seed,federated,summary.json}
     results_root: str = "results"
-    device: str = "cpu"  # "cpu" | "cuda": "cuda" fails at once where torch sees no GPU (pretraining runs there)
+    # the machine the profile is meant for: "cuda" fails at once where torch sees no GPU. The pretraining uses a GPU
+    # wherever torch sees one (fedasr.distributed.device); the ClientApps train on the CPU, as phones would
+    device: str = "cpu"
     seed: train.SeedConfig = field(default_factory=lambda: train.SeedConfig(preset="paper"))
     task: asr_task.ASRTaskConfig = field(default_factory=lambda: asr_task.ASRTaskConfig(labels="truth"))
     fed: FedConfig = field(default_factory=FedConfig)
@@ -102,15 +104,11 @@ def summarize(exp: PaperModelExperiment, run_dir: Path, seed_dir: Path) -> dict[
     """The contract's summary from a finished run folder (``rounds.jsonl``) and its seed (``summary.json``)."""
     seed = results.read_json(seed_dir / "summary.json")
     model, tokenizer, _, _ = train.load_checkpoint(seed_dir / "model")
-    records = {}
-    for line in (run_dir / "rounds.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        records[rec["round"]] = rec  # after a resume the last record of a round wins
-    rounds = [records[k] for k in sorted(records) if k > 0]
-    peaks = [row["peak_rss_bytes"] for rec in rounds for row in rec.get("ledger", [])
-             if row.get("peak_rss_bytes") is not None and row.get("status") == "ok"]
-    starts = [row["start_rss_bytes"] for rec in rounds for row in rec.get("ledger", [])
-              if row.get("start_rss_bytes") is not None and row.get("status") == "ok"]
+    by_round = {r["round"]: r for r in results.read_jsonl(run_dir / "rounds.jsonl")}  # a resume's last record wins
+    rounds = [by_round[k] for k in sorted(by_round) if k > 0]
+    rows = [r for r in ledger.build_ledger(run_dir)["rounds"] if r["status"] == "ok"]  # one per client round
+    peaks = [r["peak_rss_bytes"] for r in rows if r["peak_rss_bytes"] is not None]
+    starts = [r["start_rss_bytes"] for r in rows if r["start_rss_bytes"] is not None]
     losses = [r["train_loss"] for r in rounds if isinstance(r.get("train_loss"), (int, float))]
     bench = _bench_row(exp)
     bench_peak = bench.get("vmhwm_bytes") if bench else None
