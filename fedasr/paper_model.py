@@ -37,6 +37,7 @@ import torch
 from fedasr import asr_task, config as config_lib, ledger, results, train
 from fedasr.experiments import FederatedExperiment, run_federated_experiment
 from fedasr.federated.config import FedConfig
+from fedasr.tokenizer import load_tokenizer
 
 __all__ = ["PaperModelExperiment", "run_paper_model", "stack_names", "summarize"]
 
@@ -102,8 +103,8 @@ def run_paper_model(exp: PaperModelExperiment) -> dict[str, Any]:
 
 def summarize(exp: PaperModelExperiment, run_dir: Path, seed_dir: Path) -> dict[str, Any]:
     """The contract's summary from a finished run folder (``rounds.jsonl``) and its seed (``summary.json``)."""
-    seed = results.read_json(seed_dir / "summary.json")
-    model, tokenizer, _, _ = train.load_checkpoint(seed_dir / "model")
+    seed = results.read_json(seed_dir / "summary.json")  # head and parameters as the pretraining recorded them
+    tokenizer = load_tokenizer(seed_dir / "model" / "tokenizer")  # no need to build the 129M model for its metadata
     by_round = {r["round"]: r for r in results.read_jsonl(run_dir / "rounds.jsonl")}  # a resume's last record wins
     rounds = [by_round[k] for k in sorted(by_round) if k > 0]
     rows = [r for r in ledger.build_ledger(run_dir)["rounds"] if r["status"] == "ok"]  # one per client round
@@ -113,9 +114,9 @@ def summarize(exp: PaperModelExperiment, run_dir: Path, seed_dir: Path) -> dict[
     bench = _bench_row(exp)
     bench_peak = bench.get("vmhwm_bytes") if bench else None
     return {
-        "preset": exp.seed.preset, "head": model.config.head,
+        "preset": exp.seed.preset, "head": seed["head"],
         "tokenizer": {"kind": tokenizer.kind, "size": tokenizer.vocab_size},
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": seed["params"],
         "engine": "flower-simulation", "device": exp.device,
         "rounds": len(rounds),
         "loss": [r.get("train_loss") for r in rounds],  # the clients' mean loss at the round's global weights
@@ -125,8 +126,8 @@ def summarize(exp: PaperModelExperiment, run_dir: Path, seed_dir: Path) -> dict[
         "client_start_rss_bytes_median": statistics.median(starts) if starts else None,
         "bench_peak_rss_bytes": bench_peak, "bench_row": exp.bench_row,
         "client_over_bench": (max(peaks) / bench_peak) if peaks and bench_peak else None,
-        "stack": stack_names(exp.fed, bool(model.config.checkpoint_blocks)),
-        "eval": {k: v for k, v in rounds[-1].get("eval", {}).items()} if rounds else {},
+        "stack": stack_names(exp.fed, bool(exp.seed.model.get("checkpoint_blocks"))),
+        "eval": dict(rounds[-1].get("eval", {})) if rounds else {},
         "seed": {"steps": seed.get("steps"), "train_seconds": seed.get("train_seconds"), "wer": seed.get("wer")},
         "run": results.relative_to_repo(str(run_dir)),
     }
