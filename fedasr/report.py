@@ -423,7 +423,8 @@ def render(results_root: str | Path = "results", report_path: str | Path = "resu
             "", "## Quality from user corrections (E4, E5)",
             *(["", f"Each federated row below is from {max(seeds, 1)} seed(s): fewer than 3, so no difference is "
                    "claimed from it (`make quality-seeds` runs 3)."] if single else []),
-            *tables.quality_table(root), *tables.evidence_markdown(root), *_figs(figs, "quality", report_dir),
+            *tables.quality_table(root), *tables.evidence_markdown(root), *tables.wca_hetero_line(root),
+            *_figs(figs, "quality", report_dir),
             *[line for e in ("quality-mixing", "quality-lr") for line in tables.quality_table(root, e)],
             "", "## Federated training on the seed's own hypotheses (E4)", *tables.federated_table(root),
             *_figs(figs, "federated", report_dir), "", "## Seed model and step cost (E5's starting point)", "",

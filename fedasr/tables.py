@@ -389,10 +389,31 @@ def paper_model_line(root: str | Path = RESULTS) -> list[str]:
                                if bench and peak.get("max") else ".")]
 
 
+def wca_hetero_line(root: str | Path = RESULTS) -> list[str]:
+    """WCA where clients differ in how well they correct (`make quality-wca`, dev splits only): each WCA row against
+    the filtering row, per metric, as the relative change of the mean over seeds with its paired 95% interval."""
+    path = Path(root) / "quality-wca-hetero" / "evidence.json"
+    e = _load(path)
+    if not e:
+        return []
+    kappa = ((_load(path.parent / "config.json") or {}).get("config", {}).get("corrections", {}) or {}).get(
+        "wrong-concentration")
+    names = {"wer_user": "user WER", "wer_new_terms": "new-terms WER", "wer_proxy": "proxy WER"}
+    rel = lambda v: "undefined" if v is None else f"{100 * v:+.1f}%"  # noqa: E731
+    parts = [f"`{c['b']}` {names[c['metric']]} {rel(c['delta_rel']['mean'])} [{rel(c['delta_rel']['ci95'][0])}, "
+             f"{rel(c['delta_rel']['ci95'][1])}] ({c['verdict']})"
+             for c in e["comparisons"] if c["a"] == "filtering" and c["metric"] in names]
+    return ["", f"**WCA when clients differ in correction quality** (`{_where(path)}`, `make quality-wca`; each "
+            f"client's wrong-correction rate drawn with concentration κ {kappa}, the headline's other settings; dev "
+            f"splits only, mean over seeds {', '.join(map(str, e['seeds']))}), against example weights (`filtering`): "
+            + "; ".join(parts) + "."] if parts else []
+
+
 def results_markdown(root: str | Path = RESULTS) -> str:
     """Every table above, in the README's order, with the synthetic-speech footnote."""
     lines = ["", *seed_table(root), *step_table(root), *federated_table(root), *efficiency_table(root),
              *paper_model_line(root), *quality_cost_table(root), *quality_table(root), *headline_table(root),
+             *wca_hetero_line(root),
              *reproduce_line(root), "",
              footnote(root)]
     return "\n".join(lines)

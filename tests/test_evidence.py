@@ -214,3 +214,30 @@ def test_report_lines_of_one_seed_name_an_undefined_relative_change_instead_of_f
     assert "| seed | 1 | 0.0% [n/a, n/a] |" in lines
     assert lines[-1] == ("- `filtering` vs `seed`, term_recall: undefined (95% CI undefined to undefined, 1 seed(s)): "
                          "not claimed: fewer than 3 seeds.")
+
+
+def test_the_wca_line_compares_each_wca_row_with_example_weights_and_keeps_the_verdict(tmp_path):
+    """`make quality-wca`'s line in README and report: WCA rows against `filtering` only, verdicts as evidence.json
+    decided them, an undefined change named."""
+    from fedasr import tables
+
+    def comp(a, b, metric, mean, lo, hi, verdict):
+        return {"a": a, "b": b, "metric": metric, "delta_rel": {"mean": mean, "ci95": [lo, hi], "n_seeds": 3},
+                "verdict": verdict}
+
+    ev = {"seeds": [0, 1, 2], "rows": [],
+          "comparisons": [comp("seed", "filtering", "wer_user", -0.1, -0.12, -0.08, "lower"),
+                          comp("filtering", "wca_loss", "wer_user", 0.01, -0.02, 0.04, "no measurable difference"),
+                          comp("filtering", "wca_frequency", "wer_new_terms", -0.05, -0.09, -0.01, "lower"),
+                          comp("filtering", "wca_frequency", "wer_proxy", None, None, None, "not claimed")]}
+    folder = tmp_path / "quality-wca-hetero"
+    folder.mkdir()
+    (folder / "evidence.json").write_text(json.dumps(ev))
+    (folder / "config.json").write_text(json.dumps({"config": {"corrections": {"wrong-concentration": 1.4}}}))
+    [blank, line] = tables.wca_hetero_line(tmp_path)
+    assert blank == "" and "κ 1.4" in line and "seeds 0, 1, 2" in line
+    assert "`wca_loss` user WER +1.0% [-2.0%, +4.0%] (no measurable difference)" in line
+    assert "`wca_frequency` new-terms WER -5.0% [-9.0%, -1.0%] (lower)" in line
+    assert "proxy WER undefined [undefined, undefined] (not claimed)" in line
+    assert "`filtering` user WER" not in line  # the seed comparison is not WCA's
+    assert tables.wca_hetero_line(tmp_path / "none") == []
