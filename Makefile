@@ -140,6 +140,7 @@ quality-wca: seed  ## WCA when clients differ in correction quality (configs/qua
 bench: setup  ## one fwd+bwd step per preset, and federation overhead → results/bench/
 	$(PY) bench/asr_step.py --out results/bench/asr_step.json
 	$(PY) bench/federation.py
+	$(PY) bench/clientapp_memory.py --out results/bench/clientapp_memory.json
 
 # The seed-recipe screens that are plain overrides of configs/seed/quick.toml on the current corpus
 # (results/seed-screens/README.md also lists earlier screens made on corpora that no longer exist).

@@ -419,7 +419,8 @@ def render(results_root: str | Path = "results", report_path: str | Path = "resu
            "when none do, **not run** when its results are missing.", "", "## How each status is decided",
            *checks_markdown(claims)]
     out += ["", "## Device budget of one client round (E1–E3)", *tables.efficiency_table(root),
-            *_figs(figs, "budget", report_dir), *tables.paper_model_line(root), *tables.quality_cost_table(root),
+            *_figs(figs, "budget", report_dir), *tables.paper_model_line(root), *tables.clientapp_memory_line(root),
+            *tables.quality_cost_table(root),
             "", "## Quality from user corrections (E4, E5)",
             *(["", f"Each federated row below is from {max(seeds, 1)} seed(s): fewer than 3, so no difference is "
                    "claimed from it (`make quality-seeds` runs 3)."] if single else []),

@@ -12,6 +12,9 @@ note, when the run has not been made yet)::
     quality_cost_table    WER cost of those techniques in real FL at small scale (notebook 03)
     quality_table         quality from user corrections (§2.5; notebook 04)
     headline_table        the configuration chosen on dev splits against the seed, with targets (issue 18)
+    wca_hetero_line       WCA against example weights when clients differ in correction quality (make quality-wca)
+    paper_model_line      the 129M preset through Flower (make paper-model)
+    clientapp_memory_line one ClientApp process's round peaks per malloc setting (bench/clientapp_memory.py)
     reproduce_line        how long the last `make reproduce` took, per notebook
     evidence_markdown     means over seeds with intervals and paired comparisons (evidence.json; the report)
     results_markdown      all of the above: the README's results block (tools/readme_results.py)
@@ -29,7 +32,7 @@ from fedasr.results import REPO_ROOT
 
 __all__ = ["RESULTS", "seed_table", "step_table", "federated_table", "efficiency_table", "quality_cost_table",
            "quality_table", "headline_table", "evidence_markdown", "reproduce_line", "evidence_targets_line",
-           "footnote", "paper_model_line", "results_markdown"]
+           "footnote", "paper_model_line", "clientapp_memory_line", "wca_hetero_line", "results_markdown"]
 
 RESULTS = REPO_ROOT / "results"
 MiB = 2**20
@@ -409,11 +412,26 @@ def wca_hetero_line(root: str | Path = RESULTS) -> list[str]:
             + "; ".join(parts) + "."] if parts else []
 
 
+def clientapp_memory_line(root: str | Path = RESULTS) -> list[str]:
+    """`bench/clientapp_memory.py`: one ClientApp process's round peaks at 129M under each glibc malloc setting."""
+    path = Path(root) / "bench" / "clientapp_memory.json"
+    b = _load(path)
+    if not b:
+        return []
+    parts = [f"`{name}` round 1 {s['round_1_peak_mib']:.0f} MiB, later rounds at most "
+             f"{s['later_peak_mib_max']:.0f} MiB"
+             for name, s in b["settings"].items() if s.get("later_peak_mib_max") is not None]
+    return ["", f"**Where a ClientApp's memory goes** (`{_where(path)}`, `bench/clientapp_memory.py`, `make bench`): "
+            f"the paper-model profile's ClientApp handler outside Ray, {b['rounds']} rounds of different clients in one "
+            "fresh process per glibc malloc setting (round 1 also builds the model from its checkpoint): "
+            + "; ".join(parts) + "."]
+
+
 def results_markdown(root: str | Path = RESULTS) -> str:
     """Every table above, in the README's order, with the synthetic-speech footnote."""
     lines = ["", *seed_table(root), *step_table(root), *federated_table(root), *efficiency_table(root),
-             *paper_model_line(root), *quality_cost_table(root), *quality_table(root), *headline_table(root),
-             *wca_hetero_line(root),
+             *paper_model_line(root), *clientapp_memory_line(root), *quality_cost_table(root), *quality_table(root),
+             *headline_table(root), *wca_hetero_line(root),
              *reproduce_line(root), "",
              footnote(root)]
     return "\n".join(lines)

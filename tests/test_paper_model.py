@@ -52,3 +52,24 @@ def test_a_tiny_rnnt_over_word_pieces_pretrains_federates_and_reports_its_client
     assert on_disk["loss"] == s["loss"] and on_disk["params"] == s["params"] > 0
     line = "\n".join(tables.paper_model_line(tmp_path))
     assert f"{s['rounds']} FedSGD rounds" in line and "+grad_stream" in line and "peak RSS" in line
+
+
+def test_the_clientapp_memory_line_reads_each_setting_from_the_bench_json(tmp_path):
+    """bench/clientapp_memory.py's JSON → the README/report line: every setting's round-1 and later peaks."""
+    import json
+
+    from fedasr import tables
+
+    (tmp_path / "bench").mkdir()
+    row = lambda peak: {"stage": "round", "peak_mib": peak}  # noqa: E731
+    bench = {"rounds": 3, "settings": {
+        "glibc_default": {"rows": [], "round_1_peak_mib": 1735.3, "later_peak_mib_max": 2171.0},
+        "mmap_threshold_128k": {"rows": [row(1.0)], "round_1_peak_mib": 1731.9, "later_peak_mib_max": 1157.7},
+        "one_round": {"rows": [], "round_1_peak_mib": 1700.0, "later_peak_mib_max": None}}}
+    (tmp_path / "bench" / "clientapp_memory.json").write_text(json.dumps(bench))
+    [blank, line] = tables.clientapp_memory_line(tmp_path)
+    assert blank == "" and "3 rounds" in line
+    assert "`glibc_default` round 1 1735 MiB, later rounds at most 2171 MiB" in line
+    assert "`mmap_threshold_128k` round 1 1732 MiB, later rounds at most 1158 MiB" in line
+    assert "one_round" not in line  # no later round, nothing to compare
+    assert tables.clientapp_memory_line(tmp_path / "none") == []
