@@ -114,9 +114,9 @@ class ASRTask:
                 self._by_client.setdefault(u.client, []).append(u)
         self._eval = {s: corpus[s][: cfg.eval_max_utterances or None] for s in cfg.eval_splits if s in corpus}
         self._eval_feats: dict[str, dict[str, torch.Tensor]] = {}
-        model, self.tokenizer, self.fcfg, _ = train.load_checkpoint(cfg.seed_model)
-        self._model_config = model.config
-        del model  # not kept: a ClientApp process holds the task for its lifetime (129M: 0.5 GB of fp32 weights)
+        # the architecture, tokenizer and features only: a ClientApp process holds the task for its lifetime, and
+        # reading the weights here would cost it the checkpoint's size at its first round (129M: 0.5 GB of fp32)
+        self._model_config, self.tokenizer, self.fcfg, _ = train.load_checkpoint_config(cfg.seed_model)
         with torch.device("meta"):  # a weightless copy: only `validate` (lengths vs labels) is used
             self._validator = train.build_model(self._model_config)
         self._store: dict[str, list[dict]] = {}  # correction label-store lines per client (refinement)
@@ -140,6 +140,13 @@ class ASRTask:
     def build_model(self) -> torch.nn.Module:
         """Return the seed model (the global model's starting point), read from its checkpoint again."""
         return train.load_checkpoint(self.cfg.seed_model)[0]
+
+    def build_skeleton(self) -> torch.nn.Module:
+        """The seed model's architecture on the ``meta`` device, without weights: a ClientApp whose download carries
+        every variable in OMC's storage format builds its model from that download (`omc.load_payload`), as a
+        phone would, instead of reading the checkpoint (`fedasr.federated.client_app._runtime`)."""
+        with torch.device("meta"):
+            return train.build_model(self._model_config)
 
     def client_ids(self) -> list[str]:
         """Client ids of ``train_split`` in sorted order (only those with ≥ ``min_corrections`` corrections)."""

@@ -234,6 +234,18 @@ def load_checkpoint(directory: str | Path) -> tuple[ASRModel, Tokenizer, feats_l
     return model, load_tokenizer(directory / "tokenizer"), feats_lib.FeatureConfig(**payload["feature_config"]), payload["state"]
 
 
+def load_checkpoint_config(directory: str | Path) -> tuple[ModelConfig, Tokenizer, feats_lib.FeatureConfig, dict]:
+    """`load_checkpoint` without the weights: ``(model_config, tokenizer, feature_config, training_state)``.
+
+    The file is memory-mapped and its tensors are never read, so a process that only needs the architecture (a
+    ClientApp whose download carries every weight) does not hold the checkpoint's weights even for a moment.
+    """
+    directory = Path(directory)
+    payload = torch.load(_checkpoint_file(directory), map_location="cpu", weights_only=False, mmap=True)
+    return (ModelConfig(**payload["model_config"]), load_tokenizer(directory / "tokenizer"),
+            feats_lib.FeatureConfig(**payload["feature_config"]), payload["state"])
+
+
 def seed_fingerprint(cfg: SeedConfig) -> str:
     """Hash of the resolved config and the corpus files (the dev splits', issue 18, only if evaluated: seeds made
     before them keep their fingerprints): a seed is retrained only when this changes."""

@@ -91,3 +91,31 @@ def test_evaluate_scores_what_the_model_says(fake_corpus, fake_seed):
         assert ev[f"cer_{name}"] == pytest.approx(jiwer.cer(refs, ["a"] * len(refs)))
     terms = [u.text for u in corpus["user_test"] if u.terms]
     assert terms and ev["wer_new_terms"] == pytest.approx(jiwer.wer(terms, ["a"] * len(terms)))
+
+
+def test_the_task_reads_the_architecture_without_the_weights_and_builds_a_weightless_skeleton(fake_corpus, fake_seed):
+    """`train.load_checkpoint_config` gives what `load_checkpoint` gives but the weights; `build_skeleton` is the
+    seed's architecture on ``meta``, which a ClientApp with OMC materialises from its download (`omc.load_payload`)."""
+    from fedasr import omc, train
+    from fedasr.federated import client_app
+    from fedasr.federated.config import FedConfig, FederatedConfig, TaskSpec
+    from fedasr.omc import OMCConfig
+
+    model, tok, fcfg, state = train.load_checkpoint(fake_seed / "model")
+    mcfg, tok2, fcfg2, state2 = train.load_checkpoint_config(fake_seed / "model")
+    assert (mcfg, fcfg2, state2, tok2.vocab_size) == (model.config, fcfg, state, tok.vocab_size)
+    task = _task(fake_corpus, fake_seed, labels="truth")
+    skeleton = task.build_skeleton()
+    assert all(p.is_meta for p in skeleton.parameters())
+    assert [n for n, _ in skeleton.named_parameters()] == [n for n, _ in model.named_parameters()]
+    # the ClientApp's runtime: a skeleton with OMC (the download brings every variable), the seed's weights without
+    fed = FedConfig(omc=OMCConfig(bits=8))
+    cfg = FederatedConfig(fed=fed, task=TaskSpec("asr", {"corpus": str(fake_corpus), "seed-model": str(fake_seed / "model"),
+                                                        "labels": "truth"}))
+    _, with_omc = client_app._runtime(cfg, None, fed)
+    _, plain = client_app._runtime(cfg, None, FedConfig())
+    assert any(t.is_meta for t in with_omc.parameters()) and not any(t.is_meta for t in plain.parameters())
+    payload = omc.encode_state(model.state_dict(), omc.select_quantized(model, fed.omc), fed.omc)
+    omc.load_payload(with_omc, payload)  # the round's download materialises the skeleton
+    assert not any(t.is_meta for t in with_omc.parameters())
+    assert not any(b.is_meta for b in with_omc.buffers())

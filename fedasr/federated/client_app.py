@@ -51,7 +51,10 @@ def _runtime(cfg: FederatedConfig, task_factory: TaskFactory | None,
     """Return this process's cached ``(task, model)`` for the run's task.
 
     With ``fed.omc.bits`` the model is OMC-converted once (`omc.apply_omc`): its weight matrices are
-    stored quantized, and each round's download is adopted as that storage (`omc.load_payload`).
+    stored quantized, and each round's download is adopted as that storage (`omc.load_payload`). Every variable
+    then arrives with the download, so a task that offers ``build_skeleton`` (the ASR task) starts from its
+    architecture on the ``meta`` device instead of reading the seed checkpoint's weights: at 129M that read held
+    about 1 GB more at the process's first round (`bench/clientapp_memory.py`).
     """
     omc_cfg = fed.omc if fed is not None and fed.omc.enabled else None
     key = json.dumps([cfg.task.name, cfg.task.params, repr(omc_cfg)], sort_keys=True, default=str)
@@ -59,7 +62,8 @@ def _runtime(cfg: FederatedConfig, task_factory: TaskFactory | None,
         key = f"factory:{getattr(task_factory, '__qualname__', repr(task_factory))}:{key}"
     if key not in _RUNTIMES:
         task = task_factory() if task_factory is not None else make_task(cfg.task)
-        model = task.build_model()
+        skeleton = omc_cfg is not None and hasattr(task, "build_skeleton")
+        model = task.build_skeleton() if skeleton else task.build_model()
         if omc_cfg is not None:
             omc.apply_omc(model, omc_cfg)
         _RUNTIMES[key] = (task, model)
