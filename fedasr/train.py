@@ -234,7 +234,8 @@ def load_checkpoint(directory: str | Path) -> tuple[ASRModel, Tokenizer, feats_l
     return model, load_tokenizer(directory / "tokenizer"), feats_lib.FeatureConfig(**payload["feature_config"]), payload["state"]
 
 
-def load_checkpoint_config(directory: str | Path) -> tuple[ModelConfig, Tokenizer, feats_lib.FeatureConfig, dict]:
+def load_checkpoint_config(directory: str | Path) -> tuple[ModelConfig, Tokenizer, feats_lib.FeatureConfig,
+                                                            dict]:
     """`load_checkpoint` without the weights: ``(model_config, tokenizer, feature_config, training_state)``.
 
     The file is memory-mapped and its tensors are never read, so a process that only needs the architecture (a

@@ -110,8 +110,8 @@ def test_the_task_reads_the_architecture_without_the_weights_and_builds_a_weight
     assert [n for n, _ in skeleton.named_parameters()] == [n for n, _ in model.named_parameters()]
     # the ClientApp's runtime: a skeleton with OMC (the download brings every variable), the seed's weights without
     fed = FedConfig(omc=OMCConfig(bits=8))
-    cfg = FederatedConfig(fed=fed, task=TaskSpec("asr", {"corpus": str(fake_corpus), "seed-model": str(fake_seed / "model"),
-                                                        "labels": "truth"}))
+    params = {"corpus": str(fake_corpus), "seed-model": str(fake_seed / "model"), "labels": "truth"}
+    cfg = FederatedConfig(fed=fed, task=TaskSpec("asr", params))
     _, with_omc = client_app._runtime(cfg, None, fed)
     _, plain = client_app._runtime(cfg, None, FedConfig())
     assert any(t.is_meta for t in with_omc.parameters()) and not any(t.is_meta for t in plain.parameters())
