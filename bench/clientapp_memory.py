@@ -15,7 +15,8 @@ Allocator settings (glibc malloc; one process each):
 * ``mmap_threshold_128k``: ``MALLOC_MMAP_THRESHOLD_=131072``, glibc's initial threshold fixed (which also turns
   the dynamic adjustment off): every block of 128 KiB or more is mapped and unmapped on its own.
 
-The model is the paper preset (129M parameters, RNN-T over the profile's 1,024 sentencepiece pieces) with random
+Round 1 also builds the process's task and model: with OMC the model is the architecture on ``meta``, materialised
+by the download (`ASRTask.build_skeleton`), so the checkpoint's weights are not read. The model is the paper preset (129M parameters, RNN-T over the profile's 1,024 sentencepiece pieces) with random
 weights: memory does not depend on the weights' values. The round's download is encoded once, as the server's
 strategy does (`transport.encode_download`, OMC 4-bit codes). ``seconds`` are wall times of each round; they are
 only comparable between settings when nothing else runs on the machine (the JSON records the load average).

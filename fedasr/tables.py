@@ -423,7 +423,7 @@ def clientapp_memory_line(root: str | Path = RESULTS) -> list[str]:
              for name, s in b["settings"].items() if s.get("later_peak_mib_max") is not None]
     return ["", f"**Where a ClientApp's memory goes** (`{_where(path)}`, `bench/clientapp_memory.py`, `make bench`): "
             f"the paper-model profile's ClientApp handler outside Ray, {b['rounds']} rounds of different clients in one "
-            "fresh process per glibc malloc setting (round 1 also builds the model from its checkpoint): "
+            "fresh process per glibc malloc setting (round 1 also builds the task and the model): "
             + "; ".join(parts) + "."]
 
 
