@@ -116,7 +116,7 @@ class ASRTask:
         self._eval_feats: dict[str, dict[str, torch.Tensor]] = {}
         # the architecture, tokenizer and features only: a ClientApp process holds the task for its lifetime, and
         # reading the weights here would cost it the checkpoint's size at its first round (129M: 0.5 GB of fp32)
-        self._model_config, self.tokenizer, self.fcfg, _ = train.load_checkpoint_config(cfg.seed_model)
+        self._model_config, self.tokenizer, self.fcfg, _ = train.load_checkpoint(cfg.seed_model, weights=False)
         with torch.device("meta"):  # a weightless copy: only `validate` (lengths vs labels) is used
             self._validator = train.build_model(self._model_config)
         self._store: dict[str, list[dict]] = {}  # correction label-store lines per client (refinement)

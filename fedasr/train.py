@@ -96,10 +96,6 @@ class SeedConfig:
         return Path(self.corpus or f"data/{self.profile}")
 
 
-# ----------------------------------------------------------------------------------------------
-# data
-
-
 def featurize(utterances: Sequence[data_lib.Utterance], fcfg: feats_lib.FeatureConfig,
               report: data_lib.SkipReport | None = None) -> dict[str, torch.Tensor]:
     """Log-mel features ``(T, F)`` of each readable utterance, keyed by id (bad audio is skipped and counted)."""
@@ -225,26 +221,16 @@ def checkpoint_provenance(directory: str | Path) -> dict:
             "fingerprint": state.get("fingerprint"), "step": state.get("step")}
 
 
-def load_checkpoint(directory: str | Path) -> tuple[ASRModel, Tokenizer, feats_lib.FeatureConfig, dict]:
-    """Load what `save_checkpoint` wrote: ``(model, tokenizer, feature_config, training_state)``."""
+def load_checkpoint(directory: str | Path, weights: bool = True) -> tuple[Any, Tokenizer, feats_lib.FeatureConfig, dict]:
+    """Load what `save_checkpoint` wrote: ``(model, tokenizer, feature_config, training_state)``; ``weights=False``:
+    the model's `ModelConfig` instead, the file memory-mapped and its tensors never read (no 0.5 GB at 129M)."""
     directory = Path(directory)
-    payload = torch.load(_checkpoint_file(directory), map_location="cpu", weights_only=False)
-    model = build_model(ModelConfig(**payload["model_config"]))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
+    payload = torch.load(_checkpoint_file(directory), map_location="cpu", weights_only=False, mmap=not weights)
+    model = ModelConfig(**payload["model_config"])
+    if weights:
+        model = build_model(model)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
     return model, load_tokenizer(directory / "tokenizer"), feats_lib.FeatureConfig(**payload["feature_config"]), payload["state"]
-
-
-def load_checkpoint_config(directory: str | Path) -> tuple[ModelConfig, Tokenizer, feats_lib.FeatureConfig,
-                                                            dict]:
-    """`load_checkpoint` without the weights: ``(model_config, tokenizer, feature_config, training_state)``.
-
-    The file is memory-mapped and its tensors are never read, so a process that only needs the architecture (a
-    ClientApp whose download carries every weight) does not hold the checkpoint's weights even for a moment.
-    """
-    directory = Path(directory)
-    payload = torch.load(_checkpoint_file(directory), map_location="cpu", weights_only=False, mmap=True)
-    return (ModelConfig(**payload["model_config"]), load_tokenizer(directory / "tokenizer"),
-            feats_lib.FeatureConfig(**payload["feature_config"]), payload["state"])
 
 
 def seed_fingerprint(cfg: SeedConfig) -> str:

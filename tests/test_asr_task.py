@@ -94,7 +94,7 @@ def test_evaluate_scores_what_the_model_says(fake_corpus, fake_seed):
 
 
 def test_the_task_reads_the_architecture_without_the_weights_and_builds_a_weightless_skeleton(fake_corpus, fake_seed):
-    """`train.load_checkpoint_config` gives what `load_checkpoint` gives but the weights; `build_skeleton` is the
+    """`train.load_checkpoint(weights=False)` gives what `load_checkpoint` gives but the weights; `build_skeleton` is the
     seed's architecture on ``meta``, which a ClientApp with OMC materialises from its download (`omc.load_payload`)."""
     from fedasr import omc, train
     from fedasr.federated import client_app
@@ -102,7 +102,7 @@ def test_the_task_reads_the_architecture_without_the_weights_and_builds_a_weight
     from fedasr.omc import OMCConfig
 
     model, tok, fcfg, state = train.load_checkpoint(fake_seed / "model")
-    mcfg, tok2, fcfg2, state2 = train.load_checkpoint_config(fake_seed / "model")
+    mcfg, tok2, fcfg2, state2 = train.load_checkpoint(fake_seed / "model", weights=False)
     assert (mcfg, fcfg2, state2, tok2.vocab_size) == (model.config, fcfg, state, tok.vocab_size)
     task = _task(fake_corpus, fake_seed, labels="truth")
     skeleton = task.build_skeleton()
