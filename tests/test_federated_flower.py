@@ -6,6 +6,7 @@ to inject faults Flower would report (errors, lost replies, corrupted payloads).
 the same apps on Flower's Simulation Engine, ``flwr run`` and the Deployment Engine.
 """
 
+import dataclasses
 import json
 import os
 import tomllib
@@ -216,6 +217,9 @@ def test_pyproject_run_config_matches_the_dataclass_defaults():
     listed = set(flatten_dict({"fed": app["config"]["fed"]}))
     assert listed == set(fedconfig.fed_to_flat(fedconfig.FedConfig()))
     assert {"fed.omc.bits", "fed.transport.upload.name", "fed.partial.policy"} <= listed
+    # and every run.* field: flwr's SuperLink refuses a --run-config key that pyproject does not list
+    run_fields = {f"run.{f.name.replace('_', '-')}" for f in dataclasses.fields(fedconfig.RunSpec)}
+    assert set(flatten_dict({"run": app["config"]["run"]})) == run_fields
 
 
 def test_run_config_args_round_trip_through_flowers_parser(tmp_path):
