@@ -53,8 +53,8 @@ def _runtime(cfg: FederatedConfig, task_factory: TaskFactory | None,
     With ``fed.omc.bits`` the model is OMC-converted once (`omc.apply_omc`): its weight matrices are
     stored quantized, and each round's download is adopted as that storage (`omc.load_payload`). Every variable
     then arrives with the download, so a task that offers ``build_skeleton`` (the ASR task) starts from its
-    architecture on the ``meta`` device instead of reading the seed checkpoint's weights: at 129M that read held
-    about 1 GB more at the process's first round (`bench/clientapp_memory.py`).
+    architecture on the ``meta`` device instead of reading the seed checkpoint's weights, which raised the
+    process's first-round peak at 129M (measured by `bench/clientapp_memory.py`).
     """
     omc_cfg = fed.omc if fed is not None and fed.omc.enabled else None
     key = json.dumps([cfg.task.name, cfg.task.params, repr(omc_cfg)], sort_keys=True, default=str)
